@@ -1,0 +1,50 @@
+//! `deskhand bench …`: figures measured against a baseline in the same run, because the
+//! machines this runs on are shared and noisy.
+
+mod capture;
+
+pub use capture::{CaptureBenchArgs, capture};
+
+use std::time::Duration;
+
+/// Median and 95th percentile of a set of timings, in milliseconds.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Summary {
+    pub runs: usize,
+    pub median_ms: f64,
+    pub p95_ms: f64,
+    pub min_ms: f64,
+}
+
+impl Summary {
+    pub fn of(samples: &[Duration]) -> Option<Summary> {
+        if samples.is_empty() {
+            return None;
+        }
+        let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+        ms.sort_by(f64::total_cmp);
+        let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+        Some(Summary {
+            runs: ms.len(),
+            median_ms: at(0.5),
+            p95_ms: at(0.95),
+            min_ms: ms[0],
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_picks_median_and_p95() {
+        let samples: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        let s = Summary::of(&samples).unwrap();
+        assert_eq!(s.runs, 100);
+        assert!((s.median_ms - 51.0).abs() < 1e-9 || (s.median_ms - 50.0).abs() < 1e-9);
+        assert!((s.p95_ms - 95.0).abs() <= 1.0);
+        assert_eq!(s.min_ms, 1.0);
+        assert!(Summary::of(&[]).is_none());
+    }
+}

@@ -1,0 +1,128 @@
+//! The real input device: enigo, which on X11 injects events through the XTest extension.
+
+use enigo::{Axis, Button, Coordinate, Direction, Enigo, Key, Keyboard, Mouse, Settings};
+
+use super::action::MouseButton;
+use super::chord::{ChordKey, Modifier, NamedKey};
+use super::executor::{DeviceError, InputDevice};
+use crate::screen::ScreenPoint;
+
+pub struct EnigoDevice {
+    enigo: Enigo,
+}
+
+impl EnigoDevice {
+    /// Connect to the X display `display`, or to $DISPLAY when None.
+    pub fn connect(display: Option<&str>) -> Result<Self, DeviceError> {
+        let settings = Settings {
+            x11_display: display.map(str::to_owned),
+            // The executor releases what it holds itself; enigo doing it too is a second net.
+            release_keys_when_dropped: true,
+            ..Settings::default()
+        };
+        let enigo = Enigo::new(&settings).map_err(|e| {
+            DeviceError(format!(
+                "cannot open the input device on display {:?}: {e}",
+                display
+                    .map(str::to_owned)
+                    .or_else(|| std::env::var("DISPLAY").ok())
+                    .unwrap_or_default()
+            ))
+        })?;
+        Ok(Self { enigo })
+    }
+}
+
+fn direction(down: bool) -> Direction {
+    if down {
+        Direction::Press
+    } else {
+        Direction::Release
+    }
+}
+
+fn device_error(what: &str, e: enigo::InputError) -> DeviceError {
+    DeviceError(format!("{what}: {e}"))
+}
+
+/// X keysyms for named keys. `Key::Other` takes a keysym on X11, which names the key exactly
+/// whatever the keyboard layout.
+fn enigo_key(key: ChordKey) -> Key {
+    use xkeysym::key as ks;
+    let sym = match key {
+        ChordKey::Modifier(Modifier::Ctrl) => ks::Control_L,
+        ChordKey::Modifier(Modifier::Alt) => ks::Alt_L,
+        ChordKey::Modifier(Modifier::Shift) => ks::Shift_L,
+        ChordKey::Modifier(Modifier::Super) => ks::Super_L,
+        ChordKey::Named(n) => match n {
+            NamedKey::Return => ks::Return,
+            NamedKey::Tab => ks::Tab,
+            NamedKey::Escape => ks::Escape,
+            NamedKey::Backspace => ks::BackSpace,
+            NamedKey::Delete => ks::Delete,
+            NamedKey::Insert => ks::Insert,
+            NamedKey::Home => ks::Home,
+            NamedKey::End => ks::End,
+            NamedKey::PageUp => ks::Page_Up,
+            NamedKey::PageDown => ks::Page_Down,
+            NamedKey::Up => ks::Up,
+            NamedKey::Down => ks::Down,
+            NamedKey::Left => ks::Left,
+            NamedKey::Right => ks::Right,
+            NamedKey::Space => ks::space,
+            NamedKey::Menu => ks::Menu,
+            NamedKey::Print => ks::Print,
+            NamedKey::CapsLock => ks::Caps_Lock,
+            NamedKey::F(n) => ks::F1 + u32::from(n.saturating_sub(1)),
+        },
+        ChordKey::Char(c) => return Key::Unicode(c),
+    };
+    Key::Other(sym)
+}
+
+impl InputDevice for EnigoDevice {
+    fn move_to(&mut self, p: ScreenPoint) -> Result<(), DeviceError> {
+        self.enigo
+            .move_mouse(p.x, p.y, Coordinate::Abs)
+            .map_err(|e| device_error("moving the pointer", e))
+    }
+
+    fn button(&mut self, button: MouseButton, down: bool) -> Result<(), DeviceError> {
+        let b = match button {
+            MouseButton::Left => Button::Left,
+            MouseButton::Right => Button::Right,
+            MouseButton::Middle => Button::Middle,
+        };
+        self.enigo
+            .button(b, direction(down))
+            .map_err(|e| device_error("pressing a mouse button", e))
+    }
+
+    fn key(&mut self, key: ChordKey, down: bool) -> Result<(), DeviceError> {
+        self.enigo
+            .key(enigo_key(key), direction(down))
+            .map_err(|e| device_error(&format!("sending key {key:?}"), e))
+    }
+
+    fn scroll(&mut self, dx: i32, dy: i32) -> Result<(), DeviceError> {
+        if dy != 0 {
+            self.enigo
+                .scroll(dy, Axis::Vertical)
+                .map_err(|e| device_error("scrolling", e))?;
+        }
+        if dx != 0 {
+            self.enigo
+                .scroll(dx, Axis::Horizontal)
+                .map_err(|e| device_error("scrolling", e))?;
+        }
+        Ok(())
+    }
+
+    fn pointer(&mut self) -> Result<ScreenPoint, DeviceError> {
+        let (x, y) = self
+            .enigo
+            .location()
+            .map_err(|e| device_error("reading the pointer", e))?;
+        Ok(ScreenPoint::new(x, y))
+    }
+}

@@ -1,0 +1,7 @@
+//! deskhand: a local desktop agent runtime. One step of the loop is see → think → check →
+//! act → record; each stage is a module here (see DESIGN.md).
+
+pub mod bench;
+pub mod cli;
+pub mod input;
+pub mod screen;

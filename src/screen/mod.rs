@@ -1,0 +1,121 @@
+//! See: capture the screen, describe its monitors and active window, wait for it to settle,
+//! and map coordinates between model frames and physical screen pixels.
+
+mod frame;
+mod settle;
+mod x11;
+mod xvfb;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+pub use frame::{
+    Frame, FrameError, FrameMap, FrameTarget, MapError, ModelPoint, PixelOrder, PointFormat,
+    RawCapture, ScreenPoint, TargetError,
+};
+pub use settle::{SettleOptions, Settled, wait_until_stable};
+pub use x11::X11Screen;
+pub use xvfb::{VirtualDisplay, VirtualDisplayError};
+
+/// One monitor: an area of the desktop in physical pixels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonitorInfo {
+    /// Position in the list `deskhand monitors` prints; `--monitor N` picks it.
+    pub index: usize,
+    pub name: String,
+    pub x: i32,
+    pub y: i32,
+    pub width: u32,
+    pub height: u32,
+    /// Physical pixels per logical pixel.
+    pub scale_factor: f64,
+    pub primary: bool,
+}
+
+impl MonitorInfo {
+    pub fn contains(&self, p: ScreenPoint) -> bool {
+        let dx = i64::from(p.x) - i64::from(self.x);
+        let dy = i64::from(p.y) - i64::from(self.y);
+        (0..i64::from(self.width)).contains(&dx) && (0..i64::from(self.height)).contains(&dy)
+    }
+
+    /// The point as fractions of this monitor's width and height (the policy's `region`
+    /// matches on these).
+    pub fn normalize(&self, p: ScreenPoint) -> (f64, f64) {
+        (
+            (f64::from(p.x - self.x) + 0.5) / f64::from(self.width),
+            (f64::from(p.y - self.y) + 0.5) / f64::from(self.height),
+        )
+    }
+}
+
+/// The window that has the keyboard focus. The title is weak evidence (web pages set it);
+/// the pid comes from the X server's own record of the client where it can.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActiveWindow {
+    /// The program's name: the process name when the pid is known, else the WM_CLASS class.
+    pub app_name: String,
+    pub title: String,
+    pub pid: Option<u32>,
+    pub wm_class: Option<String>,
+    pub window_id: u32,
+}
+
+/// What one step of the loop sees: a frame, the active window, and how long the screen took
+/// to settle.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    pub frame: Frame,
+    pub active_window: Option<ActiveWindow>,
+    pub settle_time: Duration,
+}
+
+#[derive(Debug, Error)]
+pub enum ScreenError {
+    #[error(
+        "cannot connect to the X display {display:?}: {reason}. Is an X server running and DISPLAY set? (deskhand drives X11 desktops; under Wayland run it inside an X session or Xwayland)"
+    )]
+    Connect { display: String, reason: String },
+    #[error("X server request failed: {0}")]
+    Protocol(String),
+    #[error("no monitor {index}: there are {count} (see `deskhand monitors`)")]
+    NoSuchMonitor { index: usize, count: usize },
+    #[error("the X server reports no monitors")]
+    NoMonitors,
+    #[error(
+        "unsupported display format: depth {depth}, {bits_per_pixel} bits per pixel; deskhand needs a 24- or 32-bit TrueColor display"
+    )]
+    UnsupportedFormat { depth: u8, bits_per_pixel: u8 },
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
+/// The see stage's boundary: what the agent loop needs from a display.
+pub trait Screen {
+    fn monitors(&self) -> Result<Vec<MonitorInfo>, ScreenError>;
+
+    /// Capture a whole monitor and size it for a model.
+    fn capture(&mut self, monitor: &MonitorInfo, target: FrameTarget)
+    -> Result<Frame, ScreenError>;
+
+    fn active_window(&self) -> Result<Option<ActiveWindow>, ScreenError>;
+
+    /// The monitor `--monitor N` names, or the primary one (the first if none is primary).
+    fn monitor(&self, index: Option<usize>) -> Result<MonitorInfo, ScreenError> {
+        let monitors = self.monitors()?;
+        match index {
+            Some(i) => monitors.get(i).cloned().ok_or(ScreenError::NoSuchMonitor {
+                index: i,
+                count: monitors.len(),
+            }),
+            None => monitors
+                .iter()
+                .find(|m| m.primary)
+                .or_else(|| monitors.first())
+                .cloned()
+                .ok_or(ScreenError::NoMonitors),
+        }
+    }
+}
