@@ -51,7 +51,7 @@ impl PointFormat {
     /// The position of value `v` as a fraction of a frame side of `len` pixels, or None when
     /// it lies outside. An integer frame-pixel value names that pixel, so its position is the
     /// pixel's centre; the 0–1000 and 0–1 ranges are closed at both ends.
-    fn to_fraction(self, v: f64, len: u32) -> Option<f64> {
+    fn fraction_of_value(self, v: f64, len: u32) -> Option<f64> {
         let (f, inside) = match self {
             PointFormat::FramePixels => {
                 let f = (v + 0.5) / f64::from(len);
@@ -64,7 +64,7 @@ impl PointFormat {
         inside.then_some(f)
     }
 
-    fn from_fraction(self, f: f64, len: u32) -> f64 {
+    fn value_at_fraction(self, f: f64, len: u32) -> f64 {
         match self {
             PointFormat::FramePixels => f * f64::from(len) - 0.5,
             PointFormat::Normalized1000 => f * 1000.0,
@@ -255,8 +255,8 @@ impl FrameMap {
 
     /// The physical screen pixel that a model point names.
     pub fn to_screen(&self, p: ModelPoint) -> Result<ScreenPoint, MapError> {
-        let fx = p.format.to_fraction(p.x, self.frame_width);
-        let fy = p.format.to_fraction(p.y, self.frame_height);
+        let fx = p.format.fraction_of_value(p.x, self.frame_width);
+        let fy = p.format.fraction_of_value(p.y, self.frame_height);
         let (Some(fx), Some(fy)) = (fx, fy) else {
             return Err(MapError::OutsideFrame {
                 x: p.x,
@@ -277,8 +277,8 @@ impl FrameMap {
     pub fn from_screen(&self, s: ScreenPoint, format: PointFormat) -> Result<ModelPoint, MapError> {
         let (fx, fy) = self.screen_fraction(s)?;
         Ok(ModelPoint::new(
-            format.from_fraction(fx, self.frame_width),
-            format.from_fraction(fy, self.frame_height),
+            format.value_at_fraction(fx, self.frame_width),
+            format.value_at_fraction(fy, self.frame_height),
             format,
         ))
     }
