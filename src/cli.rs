@@ -1,6 +1,5 @@
 //! The `deskhand` command line. Each command is a thin shell over the stage modules.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -9,8 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::bench;
 use crate::input::{
-    ABORT_EXIT_CODE, AbortSignal, Action, EnigoDevice, Executor, Hands, InputError,
-    describe_monitors, exit_on_signals,
+    ABORT_EXIT_CODE, AbortSignal, Action, EnigoDevice, Executor, Hands, InputError, exit_on_signals,
 };
 use crate::screen::{FrameTarget, Screen, X11Screen};
 
@@ -336,7 +334,5 @@ fn act(display: Option<&str>, args: &ActArgs) -> Result<(), Failure> {
         "{}{on} ({} events, {:.1} ms)",
         performed.action, performed.events, performed.elapsed_ms
     );
-    let _ = std::io::stdout().flush();
-    tracing::debug!("monitors: {}", describe_monitors(&monitors));
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{TestWindow, deskhand, display, split_monitors};
-use deskhand::screen::{FrameTarget, Screen, SettleOptions, X11Screen, wait_until_stable};
+use deskhand::screen::{FrameTarget, Screen, SettleOptions, X11Screen, observe, wait_until_stable};
 use serde_json::Value;
 
 fn run_ok(cmd: &mut Command) -> String {
@@ -159,6 +159,22 @@ fn a_still_screen_settles_after_k_matching_captures() {
         "{:?}",
         settled.elapsed
     );
+
+    // The whole see stage: a settled frame plus the window that has the focus.
+    let target = FrameTarget::MaxPixels {
+        max_pixels: 500_000,
+        align: 32,
+    };
+    let seen = observe(&mut screen, &monitor, target, options).unwrap();
+    assert_eq!(seen.active_window.unwrap().title, "settle");
+    assert_eq!(
+        (
+            seen.frame.map.frame_width % 32,
+            seen.frame.map.frame_height % 32
+        ),
+        (0, 0)
+    );
+    assert!(seen.settle_time < Duration::from_secs(2));
 }
 
 #[test]

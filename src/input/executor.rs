@@ -281,11 +281,6 @@ impl<D: InputDevice + 'static> Executor<D> {
         lock(&self.shared).held.clone()
     }
 
-    /// Access to the device, for tests and diagnostics.
-    pub fn with_device<T>(&self, f: impl FnOnce(&mut D) -> T) -> T {
-        f(&mut lock(&self.shared).device)
-    }
-
     fn check_points(&self, action: &Action) -> Result<Option<usize>, InputError> {
         let mut first_monitor = None;
         for (i, p) in action.points().into_iter().enumerate() {

@@ -375,8 +375,6 @@ pub enum PixelOrder {
     Bgrx,
     /// unused, R, G, B (X11 TrueColor on big-endian servers).
     Xrgb,
-    /// R, G, B, A.
-    Rgba,
 }
 
 impl PixelOrder {
@@ -384,7 +382,6 @@ impl PixelOrder {
         match self {
             PixelOrder::Bgrx => [2, 1, 0],
             PixelOrder::Xrgb => [1, 2, 3],
-            PixelOrder::Rgba => [0, 1, 2],
         }
     }
 }

@@ -40,15 +40,6 @@ impl MonitorInfo {
         let dy = i64::from(p.y) - i64::from(self.y);
         (0..i64::from(self.width)).contains(&dx) && (0..i64::from(self.height)).contains(&dy)
     }
-
-    /// The point as fractions of this monitor's width and height (the policy's `region`
-    /// matches on these).
-    pub fn normalize(&self, p: ScreenPoint) -> (f64, f64) {
-        (
-            (f64::from(p.x - self.x) + 0.5) / f64::from(self.width),
-            (f64::from(p.y - self.y) + 0.5) / f64::from(self.height),
-        )
-    }
 }
 
 /// The window that has the keyboard focus. The title is weak evidence (web pages set it);
@@ -70,6 +61,28 @@ pub struct Observation {
     pub frame: Frame,
     pub active_window: Option<ActiveWindow>,
     pub settle_time: Duration,
+}
+
+/// Settle the screen, capture `monitor` for the model, and read the active window: the see
+/// stage of one step.
+pub fn observe(
+    screen: &mut dyn Screen,
+    monitor: &MonitorInfo,
+    target: FrameTarget,
+    settle: SettleOptions,
+) -> Result<Observation, ScreenError> {
+    let settled = wait_until_stable(screen, monitor, target, settle)?;
+    if !settled.stable {
+        tracing::debug!(
+            "screen still changing after {:?}; observing the latest frame",
+            settled.elapsed
+        );
+    }
+    Ok(Observation {
+        frame: settled.frame,
+        active_window: screen.active_window()?,
+        settle_time: settled.elapsed,
+    })
 }
 
 #[derive(Debug, Error)]
