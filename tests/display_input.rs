@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestWindow, act, display};
+use common::{TestWindow, act_ok, display};
 use serde_json::Value;
 
 fn presses(events: &[Value], kind: &str) -> Vec<Value> {
@@ -26,15 +26,13 @@ fn unicode_text_arrives_intact() {
         field["root_x"].as_i64().unwrap() + 20,
         field["root_y"].as_i64().unwrap() + 15,
     );
-    let (code, _, err) = act(
+    act_ok(
         &display,
         &format!(r#"{{"action":"click","x":{fx},"y":{fy}}}"#),
     );
-    assert_eq!(code, 0, "{err}");
     let text = "äöü 日本語 🎉 ÆΩ\nnew line\tand tab, Hello!";
     let json = serde_json::json!({"action": "type", "text": text}).to_string();
-    let (code, out, err) = act(&display, &json);
-    assert_eq!(code, 0, "{err}");
+    let out = act_ok(&display, &json);
     assert!(
         out.contains(&format!("type {} characters", text.chars().count())),
         "{out}"
@@ -44,11 +42,10 @@ fn unicode_text_arrives_intact() {
     });
     // Twice more, into the same field: remapped keycodes must not go stale between runs.
     for _ in 0..2 {
-        let (code, _, err) = act(
+        act_ok(
             &display,
             &serde_json::json!({"action":"type","text":"ß€"}).to_string(),
         );
-        assert_eq!(code, 0, "{err}");
     }
     let want = format!("{text}ß€ß€");
     window.wait_for("the appended text", Duration::from_secs(10), |e| {
@@ -60,8 +57,7 @@ fn unicode_text_arrives_intact() {
 fn a_chord_presses_modifiers_first_and_types_nothing() {
     let display = display(1024, 768);
     let window = TestWindow::open(&display, "640x480+0+0", "chords");
-    let (code, out, err) = act(&display, r#"{"action":"key","chord":"ctrl+shift+t"}"#);
-    assert_eq!(code, 0, "{err}");
+    let out = act_ok(&display, r#"{"action":"key","chord":"ctrl+shift+t"}"#);
     assert!(out.contains("press ctrl+shift+t"), "{out}");
     window.wait_for("the t release", Duration::from_secs(5), |e| {
         e["event"] == "key_release" && e["keysym"] == 84
@@ -91,8 +87,7 @@ fn a_chord_presses_modifiers_first_and_types_nothing() {
     assert_eq!(releases, 3, "{keys:?}");
     assert_eq!(window.text(), "", "a chord with ctrl must not type text");
 
-    let (code, _, err) = act(&display, r#"{"action":"key","chord":"Return"}"#);
-    assert_eq!(code, 0, "{err}");
+    act_ok(&display, r#"{"action":"key","chord":"Return"}"#);
     window.wait_for("Return", Duration::from_secs(5), |e| {
         e["event"] == "text" && e["text"] == "\n"
     });
@@ -105,36 +100,32 @@ fn scroll_drag_and_button_variants_arrive() {
     let red = window.target("red");
     let blue = window.target("blue");
 
-    let (code, _, err) = act(
+    act_ok(
         &display,
         &format!(
             r#"{{"action":"scroll","x":{},"y":{},"dx":0,"dy":-3}}"#,
             red.x, red.y
         ),
     );
-    assert_eq!(code, 0, "{err}");
-    let (code, _, err) = act(
+    act_ok(
         &display,
         &format!(
             r#"{{"action":"scroll","x":{},"y":{},"dx":2,"dy":1}}"#,
             red.x, red.y
         ),
     );
-    assert_eq!(code, 0, "{err}");
-    let (code, _, err) = act(
+    act_ok(
         &display,
         &format!(
             r#"{{"action":"click","x":{},"y":{},"button":"right"}}"#,
             blue.x, blue.y
         ),
     );
-    assert_eq!(code, 0, "{err}");
-    let (code, _, err) = act(
+    act_ok(
         &display,
         &format!(r#"{{"action":"double_click","x":{},"y":{}}}"#, red.x, red.y),
     );
-    assert_eq!(code, 0, "{err}");
-    let (code, _, err) = act(
+    act_ok(
         &display,
         &format!(
             r#"{{"action":"drag","path":[[{},{}],[{},{}],[{},{}]]}}"#,
@@ -146,7 +137,6 @@ fn scroll_drag_and_button_variants_arrive() {
             blue.y
         ),
     );
-    assert_eq!(code, 0, "{err}");
 
     let events = window.quiet_events();
     let scrolls: Vec<String> = presses(&events, "scroll")

@@ -200,11 +200,7 @@ impl<D: InputDevice> Shared<D> {
     fn release_all(&mut self) -> usize {
         let mut released = 0;
         while let Some(held) = self.held.pop() {
-            let result = match held {
-                Held::Key(k) => self.device.key(k, false),
-                Held::Button(b) => self.device.button(b, false),
-            };
-            match result {
+            match self.send(held, false) {
                 Ok(()) => released += 1,
                 Err(e) => tracing::error!("could not release {held:?}: {e}"),
             }
@@ -215,30 +211,30 @@ impl<D: InputDevice> Shared<D> {
     fn run(&mut self, step: &Step) -> Result<(), DeviceError> {
         match *step {
             Step::MoveTo(p) => self.device.move_to(p),
-            Step::Button(b, down) => {
-                // Track before pressing: if the press half-happens and errors, the release
-                // is still attempted.
-                if down {
-                    self.held.push(Held::Button(b));
-                }
-                let result = self.device.button(b, down);
-                if !down && result.is_ok() {
-                    self.held.retain(|h| *h != Held::Button(b));
-                }
-                result
-            }
-            Step::Key(k, down) => {
-                if down {
-                    self.held.push(Held::Key(k));
-                }
-                let result = self.device.key(k, down);
-                if !down && result.is_ok() {
-                    self.held.retain(|h| *h != Held::Key(k));
-                }
-                result
-            }
+            Step::Button(b, down) => self.press_tracked(Held::Button(b), down),
+            Step::Key(k, down) => self.press_tracked(Held::Key(k), down),
             Step::Scroll { dx, dy } => self.device.scroll(dx, dy),
             Step::Pause(_) => Ok(()),
+        }
+    }
+
+    /// Track before pressing: if a press half-happens and errors, its release is still
+    /// attempted. Forget a release only once it succeeded.
+    fn press_tracked(&mut self, input: Held, down: bool) -> Result<(), DeviceError> {
+        if down {
+            self.held.push(input);
+        }
+        let result = self.send(input, down);
+        if !down && result.is_ok() {
+            self.held.retain(|h| *h != input);
+        }
+        result
+    }
+
+    fn send(&mut self, input: Held, down: bool) -> Result<(), DeviceError> {
+        match input {
+            Held::Key(k) => self.device.key(k, down),
+            Held::Button(b) => self.device.button(b, down),
         }
     }
 }

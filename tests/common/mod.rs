@@ -221,6 +221,13 @@ pub fn act(display: &VirtualDisplay, json: &str) -> (i32, String, String) {
     )
 }
 
+/// Run `deskhand act JSON`, require success, and return its stdout.
+pub fn act_ok(display: &VirtualDisplay, json: &str) -> String {
+    let (code, out, err) = act(display, json);
+    assert_eq!(code, 0, "deskhand act {json} failed: {err}");
+    out
+}
+
 /// The redness-weighted centroid, in frame pixel indices, of pixels close to `rgb`. This is how
 /// the tests find a target from a screenshot rather than from the window's own report.
 pub fn find_colour(frame: &Frame, rgb: [u8; 3], tolerance: i32) -> Option<(f64, f64)> {
