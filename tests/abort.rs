@@ -72,7 +72,7 @@ fn sigint_in_the_middle_of_a_chord_releases_every_key() {
     signal(&child, libc::SIGINT);
     let (code, took, stderr) = wait_exit(child, Duration::from_secs(2));
     assert_eq!(code, 130, "{stderr}");
-    assert!(took < Duration::from_millis(500), "took {took:?} to stop");
+    assert!(took < Duration::from_secs(1), "took {took:?} to stop");
     assert!(stderr.contains("SIGINT"), "{stderr}");
     assert_eq!(
         held_by_server(&display),
@@ -103,7 +103,7 @@ fn sigterm_in_the_middle_of_a_drag_releases_the_button() {
     signal(&child, libc::SIGTERM);
     let (code, took, stderr) = wait_exit(child, Duration::from_secs(2));
     assert_eq!(code, 130, "{stderr}");
-    assert!(took < Duration::from_millis(500), "took {took:?} to stop");
+    assert!(took < Duration::from_secs(1), "took {took:?} to stop");
     assert!(stderr.contains("SIGTERM"), "{stderr}");
     assert_eq!(held_by_server(&display), (vec![], 0));
 }
@@ -120,7 +120,7 @@ fn parking_the_pointer_in_a_corner_aborts_and_releases() {
     warp_pointer(&display, 1023, 767);
     let (code, took, stderr) = wait_exit(child, Duration::from_secs(2));
     assert_eq!(code, 130, "{stderr}");
-    assert!(took < Duration::from_millis(500), "took {took:?} to stop");
+    assert!(took < Duration::from_secs(1), "took {took:?} to stop");
     assert!(stderr.contains("failsafe"), "{stderr}");
     assert_eq!(held_by_server(&display), (vec![], 0));
 

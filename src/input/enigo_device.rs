@@ -1,5 +1,7 @@
 //! The real input device: enigo, which on X11 injects events through the XTest extension.
 
+use std::time::{Duration, Instant};
+
 use enigo::{Axis, Button, Coordinate, Direction, Enigo, Key, Keyboard, Mouse, Settings};
 
 use super::action::MouseButton;
@@ -7,8 +9,18 @@ use super::chord::{ChordKey, Modifier, NamedKey};
 use super::executor::{DeviceError, InputDevice};
 use crate::screen::ScreenPoint;
 
+/// How long applications get to read a rebound key's mapping before enigo unbinds it.
+///
+/// Characters that are not on the keyboard are typed by binding a spare keycode to them.
+/// An application learns of the binding by an event and then asks the server for the map; if
+/// the binding is gone by the time its request is served, the key reads as nothing. enigo
+/// unbinds its spare keycodes when it is dropped, so the drop waits this long after the last
+/// such key.
+const REBOUND_KEY_GRACE: Duration = Duration::from_millis(150);
+
 pub struct EnigoDevice {
     enigo: Enigo,
+    last_rebound_key: Option<Instant>,
 }
 
 impl EnigoDevice {
@@ -29,7 +41,18 @@ impl EnigoDevice {
                     .unwrap_or_default()
             ))
         })?;
-        Ok(Self { enigo })
+        Ok(Self {
+            enigo,
+            last_rebound_key: None,
+        })
+    }
+}
+
+impl Drop for EnigoDevice {
+    fn drop(&mut self) {
+        if let Some(at) = self.last_rebound_key {
+            std::thread::sleep(REBOUND_KEY_GRACE.saturating_sub(at.elapsed()));
+        }
     }
 }
 
@@ -99,6 +122,10 @@ impl InputDevice for EnigoDevice {
     }
 
     fn key(&mut self, key: ChordKey, down: bool) -> Result<(), DeviceError> {
+        // Any character beyond printable ASCII may need a spare keycode (see REBOUND_KEY_GRACE).
+        if matches!(key, ChordKey::Char(c) if !c.is_ascii_graphic()) {
+            self.last_rebound_key = Some(Instant::now());
+        }
         self.enigo
             .key(enigo_key(key), direction(down))
             .map_err(|e| device_error(&format!("sending key {key:?}"), e))
