@@ -4,4 +4,5 @@
 pub mod bench;
 pub mod cli;
 pub mod input;
+pub mod model;
 pub mod screen;

@@ -2,8 +2,10 @@
 //! machines this runs on are shared and noisy.
 
 mod capture;
+mod model;
 
 pub use capture::{CaptureBenchArgs, capture};
+pub use model::{ModelBenchArgs, model};
 
 use std::time::Duration;
 

@@ -1,5 +1,7 @@
 //! The `deskhand` command line. Each command is a thin shell over the stage modules.
 
+pub mod models;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -50,6 +52,9 @@ pub enum Command {
     /// Run one action, given as JSON in screen pixels, and print what it did.
     #[command(after_help = ACT_EXAMPLES)]
     Act(ActArgs),
+    /// Download, add, list and verify vision models.
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
     /// Measure deskhand against baselines.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -128,6 +133,8 @@ pub struct ActArgs {
 pub enum BenchCommand {
     /// Capture + downscale latency on a 1920x1080 screen, against ImageMagick's `import`.
     Capture(bench::CaptureBenchArgs),
+    /// Prefill, decode, image encode and step latency of a model, against llama-bench.
+    Model(bench::ModelBenchArgs),
 }
 
 /// An error with the exit status it should end the process with.
@@ -177,7 +184,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Window { json } => window(display, json),
         Command::Screenshot(args) => screenshot(display, &args),
         Command::Act(args) => act(display, &args),
+        Command::Models(cmd) => models::run(&cmd),
         Command::Bench(BenchCommand::Capture(args)) => bench::capture(display, &args),
+        Command::Bench(BenchCommand::Model(args)) => bench::model(&args),
     }
 }
 

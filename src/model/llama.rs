@@ -1,0 +1,745 @@
+//! The default engine: llama.cpp in-process through `llama-cpp-2`, with `mtmd` for images.
+//!
+//! One `LlamaEngine` loads the GGUF weights once; a `LlamaSession` holds the long-lived context
+//! (and the vision projector) for one run. Each step keeps the system-and-task prefix in the KV
+//! cache and evaluates only what follows it, and decoding is grammar-constrained so the reply
+//! always parses.
+
+use std::ffi::CString;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_backend::LlamaBackend as LlamaRuntime;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::mtmd::{
+    MtmdBitmap, MtmdContext, MtmdContextParams, MtmdInputText, mtmd_default_marker,
+};
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::token::data::LlamaTokenData;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
+
+use super::family::{Family, FamilyId};
+use super::{Backend, ModelError, Prompt, Reply, Timings, ms};
+use crate::screen::{Frame, FrameTarget};
+
+/// Where the engine's knobs come from (config file, CLI or tests).
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub model: PathBuf,
+    /// The vision projector. Without one the engine runs text-only: frames still map the
+    /// model's points to the screen, but the model does not see them.
+    pub mmproj: Option<PathBuf>,
+    pub family: FamilyId,
+    /// Context length. llama.cpp's default of 512 does not hold one screenshot.
+    pub n_ctx: u32,
+    /// Tokens evaluated per call during prefill.
+    pub n_batch: u32,
+    /// Physical batch; at least the image tokens for models that decode images non-causally
+    /// (Gemma 3: 256).
+    pub n_ubatch: u32,
+    /// CPU threads; None means the physical cores.
+    pub threads: Option<i32>,
+    /// Layers offloaded to the GPU; None means all of them in GPU builds, none otherwise.
+    pub gpu_layers: Option<u32>,
+    /// Image tokens per frame the family's resize aims for.
+    pub image_token_budget: u32,
+    /// Overrides the family's frame size (projectors with a fixed input size).
+    pub frame_target: Option<FrameTarget>,
+    /// Longest reply in tokens; the grammar bounds replies well below it.
+    pub max_reply_tokens: usize,
+}
+
+impl EngineConfig {
+    pub fn new(model: impl Into<PathBuf>, mmproj: Option<PathBuf>, family: FamilyId) -> Self {
+        Self {
+            model: model.into(),
+            mmproj,
+            family,
+            n_ctx: 8192,
+            n_batch: 2048,
+            n_ubatch: 1024,
+            threads: None,
+            gpu_layers: None,
+            image_token_budget: 1200,
+            frame_target: None,
+            max_reply_tokens: 512,
+        }
+    }
+}
+
+/// True when this binary was built with a GPU backend.
+pub const GPU_BUILD: bool = cfg!(any(feature = "cuda", feature = "vulkan", feature = "metal"));
+
+/// The physical cores of this machine: llama.cpp runs best with one thread per core, and
+/// hyper-threads only add contention.
+pub fn physical_cores() -> usize {
+    let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo") else {
+        return logical;
+    };
+    let mut cores = std::collections::HashSet::new();
+    let mut physical = String::new();
+    for line in cpuinfo.lines() {
+        if let Some((key, value)) = line.split_once(':') {
+            match key.trim() {
+                "physical id" => physical = value.trim().to_owned(),
+                "core id" => {
+                    cores.insert((physical.clone(), value.trim().to_owned()));
+                }
+                _ => {}
+            }
+        }
+    }
+    if cores.is_empty() {
+        logical
+    } else {
+        cores.len().min(logical)
+    }
+}
+
+unsafe extern "C" fn ignore_log(
+    _level: llama_cpp_sys_2::ggml_log_level,
+    _text: *const std::os::raw::c_char,
+    _user_data: *mut std::os::raw::c_void,
+) {
+}
+
+/// llama.cpp's global state may be initialised only once per process.
+fn runtime() -> Result<&'static LlamaRuntime, ModelError> {
+    static RUNTIME: OnceLock<Result<LlamaRuntime, String>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            let mut runtime = LlamaRuntime::init().map_err(|e| e.to_string())?;
+            // llama.cpp logs every tensor it loads and mtmd every image it encodes; keep that
+            // out of the user's terminal unless DESKHAND_LLAMA_LOG asks for it.
+            if std::env::var_os("DESKHAND_LLAMA_LOG").is_none() {
+                runtime.void_logs();
+                // SAFETY: installs a callback that ignores its arguments; the null user data
+                // is never read.
+                unsafe {
+                    llama_cpp_sys_2::mtmd_helper_log_set(Some(ignore_log), std::ptr::null_mut())
+                };
+            }
+            Ok(runtime)
+        })
+        .as_ref()
+        .map_err(|e| ModelError::Engine(format!("cannot initialise llama.cpp: {e}")))
+}
+
+fn file_error(path: &Path, problem: impl Into<String>) -> ModelError {
+    ModelError::File {
+        path: path.display().to_string(),
+        problem: problem.into(),
+    }
+}
+
+fn engine<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> ModelError + '_ {
+    move |e| ModelError::Engine(format!("{what}: {e}"))
+}
+
+/// Weights loaded once.
+pub struct LlamaEngine {
+    model: LlamaModel,
+    config: EngineConfig,
+    family: &'static dyn Family,
+    threads: i32,
+}
+
+impl LlamaEngine {
+    pub fn load(config: EngineConfig) -> Result<Self, ModelError> {
+        for path in std::iter::once(&config.model).chain(config.mmproj.as_ref()) {
+            if !path.is_file() {
+                return Err(file_error(
+                    path,
+                    "not found; check the path, or install a model with `deskhand models pull NAME`",
+                ));
+            }
+        }
+        let runtime = runtime()?;
+        let gpu_layers = config
+            .gpu_layers
+            .unwrap_or(if GPU_BUILD { u32::MAX } else { 0 });
+        let params = LlamaModelParams::default().with_n_gpu_layers(gpu_layers);
+        let model = LlamaModel::load_from_file(runtime, &config.model, &params)
+            .map_err(|e| file_error(&config.model, format!("llama.cpp could not load it: {e}")))?;
+        let threads = config
+            .threads
+            .unwrap_or_else(|| i32::try_from(physical_cores()).unwrap_or(4));
+        Ok(Self {
+            model,
+            family: config.family.family(),
+            config,
+            threads,
+        })
+    }
+
+    pub fn family(&self) -> &'static dyn Family {
+        self.family
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    pub fn threads(&self) -> i32 {
+        self.threads
+    }
+
+    pub fn model(&self) -> &LlamaModel {
+        &self.model
+    }
+
+    /// The frame size to capture for this model, so llama.cpp never has to letterbox.
+    pub fn frame_target(&self) -> FrameTarget {
+        self.config
+            .frame_target
+            .unwrap_or_else(|| self.family.frame_target(self.config.image_token_budget))
+    }
+
+    /// A fresh context (and vision projector) for one run.
+    pub fn session(&self) -> Result<LlamaSession<'_>, ModelError> {
+        let runtime = runtime()?;
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(self.config.n_ctx))
+            .with_n_batch(self.config.n_batch)
+            .with_n_ubatch(self.config.n_ubatch)
+            .with_n_threads(self.threads)
+            .with_n_threads_batch(self.threads);
+        let ctx = self
+            .model
+            .new_context(runtime, params)
+            .map_err(engine("cannot create a context"))?;
+        let mtmd = match &self.config.mmproj {
+            Some(path) => {
+                let marker = CString::new(mtmd_default_marker()).map_err(engine("media marker"))?;
+                let params = MtmdContextParams {
+                    use_gpu: GPU_BUILD,
+                    print_timings: false,
+                    n_threads: self.threads,
+                    media_marker: marker,
+                    image_min_tokens: -1,
+                    image_max_tokens: -1,
+                };
+                let mtmd = MtmdContext::init_from_file(
+                    path.to_str()
+                        .ok_or_else(|| file_error(path, "the path is not UTF-8"))?,
+                    &self.model,
+                    &params,
+                )
+                .map_err(|e| {
+                    file_error(
+                        path,
+                        format!(
+                            "llama.cpp could not load this vision projector for {}: {e}",
+                            self.config.model.display()
+                        ),
+                    )
+                })?;
+                if !mtmd.support_vision() {
+                    return Err(file_error(
+                        path,
+                        "this projector has no vision encoder; the model cannot see the screen",
+                    ));
+                }
+                Some(mtmd)
+            }
+            None => None,
+        };
+        let grammar = LlamaSampler::grammar(&self.model, &self.family.grammar(), "root")
+            .map_err(engine("the family's action grammar does not compile"))?;
+        let char_tokens = single_char_tokens(&self.model);
+        if char_tokens.is_none() {
+            tracing::debug!(
+                "this vocabulary lacks single-character tokens; grammar forcing is off"
+            );
+        }
+        let vocab = self.model.vocab();
+        let mut end_tokens = vec![vocab.eos(), vocab.eot()];
+        end_tokens.retain(|t| t.0 >= 0);
+        end_tokens.dedup();
+        Ok(LlamaSession {
+            engine: self,
+            ctx,
+            mtmd,
+            grammar,
+            char_tokens,
+            end_tokens,
+            cached_prefix: None,
+            constrained: true,
+        })
+    }
+}
+
+/// Longest run of grammar-forced text fed in one batch.
+const MAX_FORCED_CHARS: usize = 64;
+
+/// For every printable ASCII character, the vocabulary's single token that spells exactly
+/// it; None when some character has none, because forcing is then unsafe (a character the
+/// probe cannot see might be the one the grammar also allows).
+fn single_char_tokens(model: &LlamaModel) -> Option<Vec<(LlamaToken, char)>> {
+    let vocab = model.vocab();
+    (' '..='~')
+        .map(|c| {
+            let tokens = vocab.tokenize(c.to_string().as_bytes(), false, false);
+            match tokens.as_slice() {
+                [t] if vocab.token_to_piece(*t, false, None) == c.to_string().as_bytes() => {
+                    Some((*t, c))
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// The most likely token.
+fn greedy(logits: &[f32]) -> LlamaToken {
+    let best = logits
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i);
+    LlamaToken::new(i32::try_from(best).unwrap_or(0))
+}
+
+fn check_room(
+    n_ctx: usize,
+    reply_tokens: usize,
+    n_past: i32,
+    more: usize,
+) -> Result<(), ModelError> {
+    let needed = usize::try_from(n_past).unwrap_or(0) + more + reply_tokens;
+    if needed > n_ctx {
+        return Err(ModelError::ContextFull { needed, n_ctx });
+    }
+    Ok(())
+}
+
+/// The prefix currently in the KV cache.
+struct CachedPrefix {
+    text: String,
+    /// Position after the prefix (under M-RoPE a position count, not a token count).
+    n_past: i32,
+    tokens: usize,
+}
+
+/// One run's context.
+pub struct LlamaSession<'e> {
+    engine: &'e LlamaEngine,
+    ctx: LlamaContext<'e>,
+    mtmd: Option<MtmdContext>,
+    grammar: LlamaSampler,
+    /// Probes for grammar-forced text; None disables forcing.
+    char_tokens: Option<Vec<(LlamaToken, char)>>,
+    end_tokens: Vec<LlamaToken>,
+    cached_prefix: Option<CachedPrefix>,
+    constrained: bool,
+}
+
+/// The raw result of generating one reply.
+pub struct Generated {
+    pub text: String,
+    pub timings: Timings,
+}
+
+impl LlamaSession<'_> {
+    /// Decode without the grammar (the benchmark's baseline). Replies may then fail to parse.
+    pub fn set_constrained(&mut self, constrained: bool) {
+        self.constrained = constrained;
+    }
+
+    /// Forget the cached prefix, so the next step evaluates everything (the benchmark's
+    /// full-recompute baseline).
+    pub fn forget_prefix(&mut self) {
+        self.cached_prefix = None;
+    }
+
+    /// Evaluate text (no images) at `n_past` through mtmd, which tokenizes special tokens the
+    /// same way as the image path. Returns the new n_past and the token count.
+    fn eval_text(
+        &mut self,
+        text: &str,
+        n_past: i32,
+        add_special: bool,
+    ) -> Result<(i32, usize), ModelError> {
+        if text.is_empty() {
+            return Ok((n_past, 0));
+        }
+        let (n_ctx, reply_tokens) = (
+            self.ctx.n_ctx() as usize,
+            self.engine.config.max_reply_tokens,
+        );
+        if let Some(mtmd) = self.mtmd.as_mut() {
+            let chunks = mtmd
+                .tokenize(
+                    MtmdInputText {
+                        text: text.to_owned(),
+                        add_special,
+                        parse_special: true,
+                    },
+                    &[],
+                )
+                .map_err(engine("tokenizing the prompt"))?;
+            let n_tokens = chunks.total_tokens();
+            check_room(n_ctx, reply_tokens, n_past, n_tokens)?;
+            let n_batch = i32::try_from(self.engine.config.n_batch).unwrap_or(i32::MAX);
+            let next = chunks
+                .eval_chunks(mtmd, &mut self.ctx, n_past, 0, n_batch, true)
+                .map_err(engine("evaluating the prompt"))?;
+            return Ok((next, n_tokens));
+        }
+        let tokens = self
+            .engine
+            .model
+            .vocab()
+            .tokenize(text.as_bytes(), add_special, true);
+        self.ensure_room(n_past, tokens.len())?;
+        let mut n_past = n_past;
+        let n_batch = self.engine.config.n_batch as usize;
+        for (i, chunk) in tokens.chunks(n_batch.max(1)).enumerate() {
+            let last_chunk = (i + 1) * n_batch >= tokens.len();
+            let mut batch = LlamaBatch::new(chunk.len(), 1);
+            for (j, &token) in chunk.iter().enumerate() {
+                let logits = last_chunk && j + 1 == chunk.len();
+                batch
+                    .add(token, n_past, &[0], logits)
+                    .map_err(engine("building a batch"))?;
+                n_past += 1;
+            }
+            self.ctx
+                .decode(&mut batch)
+                .map_err(engine("evaluating the prompt"))?;
+        }
+        Ok((n_past, tokens.len()))
+    }
+
+    /// Evaluate one image at `n_past`; returns the new n_past and the image's token count.
+    fn eval_image(&mut self, frame: &Frame, n_past: i32) -> Result<(i32, usize), ModelError> {
+        let (n_ctx, reply_tokens) = (
+            self.ctx.n_ctx() as usize,
+            self.engine.config.max_reply_tokens,
+        );
+        let Some(mtmd) = self.mtmd.as_mut() else {
+            return Ok((n_past, 0));
+        };
+        let (w, h) = frame.image.dimensions();
+        let bitmap = MtmdBitmap::from_image_data(w, h, frame.image.as_raw())
+            .map_err(engine("passing the frame to llama.cpp"))?;
+        let chunks = mtmd
+            .tokenize(
+                MtmdInputText {
+                    text: mtmd_default_marker().to_owned(),
+                    add_special: false,
+                    parse_special: true,
+                },
+                &[&bitmap],
+            )
+            .map_err(engine("tokenizing the image"))?;
+        let n_tokens = chunks.total_tokens();
+        let needed = usize::try_from(chunks.total_positions())
+            .unwrap_or(n_tokens)
+            .max(n_tokens);
+        check_room(n_ctx, reply_tokens, n_past, needed)?;
+        let n_batch = i32::try_from(self.engine.config.n_batch).unwrap_or(i32::MAX);
+        let next = chunks
+            .eval_chunks(mtmd, &mut self.ctx, n_past, 0, n_batch, true)
+            .map_err(engine("encoding the image"))?;
+        Ok((next, n_tokens))
+    }
+
+    /// Fail before evaluating what would not leave room for a reply in the context.
+    fn ensure_room(&self, n_past: i32, more: usize) -> Result<(), ModelError> {
+        check_room(
+            self.ctx.n_ctx() as usize,
+            self.engine.config.max_reply_tokens,
+            n_past,
+            more,
+        )
+    }
+
+    /// Evaluate the prompt (reusing the cached prefix when it matches) and decode a reply.
+    pub fn generate(&mut self, prompt: &Prompt<'_>) -> Result<Generated, ModelError> {
+        let started = Instant::now();
+        let family = self.engine.family;
+        let frames: Vec<&Frame> = if self.mtmd.is_some() {
+            prompt
+                .earlier_frames
+                .iter()
+                .copied()
+                .chain(std::iter::once(prompt.frame))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let marker = mtmd_default_marker();
+        let rendered = family.render(
+            &prompt.system,
+            &prompt.task,
+            &prompt.history,
+            frames.len(),
+            marker,
+        );
+        let mut timings = Timings::default();
+
+        // The prefix: reuse it when it is the one in the cache, else evaluate it afresh.
+        let prefill_started = Instant::now();
+        let mut n_past = match &self.cached_prefix {
+            Some(cached) if cached.text == rendered.prefix => {
+                self.ctx
+                    .clear_kv_cache_seq(Some(0), Some(cached.n_past as u32), None)
+                    .map_err(engine("truncating the cache"))?;
+                timings.reused_tokens = cached.tokens;
+                cached.n_past
+            }
+            _ => {
+                self.ctx.clear_kv_cache();
+                self.cached_prefix = None;
+                let (n_past, tokens) = self.eval_text(&rendered.prefix, 0, true)?;
+                timings.prefill_tokens += tokens;
+                self.cached_prefix = Some(CachedPrefix {
+                    text: rendered.prefix.clone(),
+                    n_past,
+                    tokens,
+                });
+                n_past
+            }
+        };
+
+        // The rest, image by image: text segments are prefill, images are image encoding.
+        let mut image_time = 0.0;
+        let segments: Vec<&str> = rendered.rest.split(marker).collect();
+        if segments.last().is_some_and(|s| s.is_empty()) {
+            // mtmd computes no logits for image tokens, so decoding needs text after the last
+            // image (every family's template opens the reply turn there).
+            return Err(ModelError::Engine(format!(
+                "the {} prompt ends with an image; the template must end with text",
+                family.id()
+            )));
+        }
+        for (i, segment) in segments.iter().enumerate() {
+            let (next, tokens) = self.eval_text(segment, n_past, false)?;
+            n_past = next;
+            timings.prefill_tokens += tokens;
+            if let Some(frame) = frames.get(i).filter(|_| i + 1 < segments.len()) {
+                let image_started = Instant::now();
+                let (next, tokens) = self.eval_image(frame, n_past)?;
+                image_time += ms(image_started.elapsed());
+                n_past = next;
+                timings.image_tokens += tokens;
+                timings.prefill_tokens += tokens;
+            }
+        }
+        timings.image_encode_ms = image_time;
+        timings.prefill_ms = ms(prefill_started.elapsed()) - image_time;
+
+        let decode_started = Instant::now();
+        let text = self.decode(n_past, &mut timings)?;
+        timings.decode_ms = ms(decode_started.elapsed());
+        timings.total_ms = ms(started.elapsed());
+        Ok(Generated { text, timings })
+    }
+
+    /// Greedy decoding under the grammar. The grammar is asked about the greedy token first
+    /// and filters the whole vocabulary only when it rejects it: most tokens of a JSON action
+    /// are what the model wanted anyway, and filtering a 262k vocabulary is the slow part.
+    fn decode(&mut self, mut n_past: i32, timings: &mut Timings) -> Result<String, ModelError> {
+        self.grammar.reset();
+        let vocab = self.engine.model.vocab();
+        let mut bytes = Vec::new();
+        let mut batch = LlamaBatch::new(1, 1);
+        while timings.decode_tokens < self.engine.config.max_reply_tokens {
+            if self.constrained {
+                let forced = self.forced_tokens();
+                if !forced.is_empty() {
+                    // Text the grammar leaves no choice about goes in as one batch, unsampled.
+                    let mut many = LlamaBatch::new(forced.len(), 1);
+                    for (i, &token) in forced.iter().enumerate() {
+                        vocab.token_to_piece_into(token, &mut bytes, false, None);
+                        many.add(token, n_past, &[0], i + 1 == forced.len())
+                            .map_err(engine("building a batch"))?;
+                        n_past += 1;
+                    }
+                    self.ctx.decode(&mut many).map_err(engine("decoding"))?;
+                    timings.decode_tokens += forced.len();
+                    timings.forced_tokens += forced.len();
+                }
+            }
+            let token = self.pick();
+            if vocab.is_eog(token) {
+                return Ok(String::from_utf8_lossy(&bytes).into_owned());
+            }
+            if self.constrained {
+                self.grammar.accept(token);
+            }
+            vocab.token_to_piece_into(token, &mut bytes, false, None);
+            timings.decode_tokens += 1;
+            batch.clear();
+            batch
+                .add(token, n_past, &[0], true)
+                .map_err(engine("building a batch"))?;
+            self.ctx.decode(&mut batch).map_err(engine("decoding"))?;
+            n_past += 1;
+        }
+        Err(ModelError::Engine(format!(
+            "the reply did not end within {} tokens: {:?}",
+            self.engine.config.max_reply_tokens,
+            String::from_utf8_lossy(&bytes)
+        )))
+    }
+
+    /// The tokens of the text the grammar forces next (a JSON key, the punctuation around
+    /// it), already accepted by the grammar; empty when the model has a choice.
+    ///
+    /// The grammar is asked, one character at a time, which printable ASCII character may
+    /// come next; while exactly one may (and the reply may not end), it is forced. The text is
+    /// then tokenized the model's own way when that spells it exactly, else fed as the
+    /// single-character tokens the grammar accepted.
+    fn forced_tokens(&mut self) -> Vec<LlamaToken> {
+        let Some(probes) = &self.char_tokens else {
+            return Vec::new();
+        };
+        let vocab = self.engine.model.vocab();
+        let mut text = String::new();
+        let mut char_tokens = Vec::new();
+        while text.len() < MAX_FORCED_CHARS {
+            let mut candidates: Vec<LlamaTokenData> = probes
+                .iter()
+                .map(|&(t, _)| LlamaTokenData::new(t, 0.0, 0.0))
+                .collect();
+            candidates.extend(
+                self.end_tokens
+                    .iter()
+                    .map(|&t| LlamaTokenData::new(t, 0.0, 0.0)),
+            );
+            let mut array = LlamaTokenDataArray::new(candidates, false);
+            array.apply_sampler(&mut self.grammar);
+            let mut allowed = array.data.iter().filter(|d| d.logit().is_finite());
+            let (Some(only), None) = (allowed.next(), allowed.next()) else {
+                break;
+            };
+            let Some(&(token, c)) = probes.iter().find(|(t, _)| *t == only.id()) else {
+                break; // the reply may end here: the model decides
+            };
+            self.grammar.accept(token);
+            text.push(c);
+            char_tokens.push(token);
+        }
+        if text.is_empty() {
+            return Vec::new();
+        }
+        let natural = vocab.tokenize(text.as_bytes(), false, false);
+        let spelled: Vec<u8> = natural
+            .iter()
+            .flat_map(|&t| vocab.token_to_piece(t, false, None))
+            .collect();
+        if spelled == text.as_bytes() {
+            natural
+        } else {
+            char_tokens
+        }
+    }
+
+    /// The next token: the model's greedy choice if the grammar allows it, else the best
+    /// token the grammar allows.
+    fn pick(&mut self) -> LlamaToken {
+        // -1 is llama.cpp's index of the last output, which is where the logits are after
+        // both the prompt and each one-token batch.
+        let index = -1;
+        let greedy = greedy(self.ctx.get_logits_ith(index));
+        if !self.constrained {
+            return greedy;
+        }
+        let mut single =
+            LlamaTokenDataArray::new(vec![LlamaTokenData::new(greedy, 0.0, 0.0)], false);
+        single.apply_sampler(&mut self.grammar);
+        if single.data.first().is_some_and(|d| d.logit().is_finite()) {
+            return greedy;
+        }
+        let mut all = self.ctx.token_data_array_ith(index);
+        all.apply_sampler(&mut self.grammar);
+        all.data
+            .iter()
+            .filter(|d| d.logit().is_finite())
+            .max_by(|a, b| a.logit().total_cmp(&b.logit()))
+            .map_or(greedy, LlamaTokenData::id)
+    }
+}
+
+/// Raw engine speed, for `deskhand bench model`.
+impl LlamaSession<'_> {
+    /// Evaluate `n_tokens` prompt tokens in one go from an empty cache; returns the time.
+    pub fn bench_prefill(&mut self, n_tokens: usize) -> Result<std::time::Duration, ModelError> {
+        let tokens = self.bench_tokens(n_tokens);
+        self.ctx.clear_kv_cache();
+        self.cached_prefix = None;
+        let started = Instant::now();
+        let n_batch = (self.engine.config.n_batch as usize).max(1);
+        let mut n_past = 0;
+        for (i, chunk) in tokens.chunks(n_batch).enumerate() {
+            let last_chunk = (i + 1) * n_batch >= tokens.len();
+            let mut batch = LlamaBatch::new(chunk.len(), 1);
+            for (j, &token) in chunk.iter().enumerate() {
+                batch
+                    .add(token, n_past, &[0], last_chunk && j + 1 == chunk.len())
+                    .map_err(engine("building a batch"))?;
+                n_past += 1;
+            }
+            self.ctx
+                .decode(&mut batch)
+                .map_err(engine("evaluating the prompt"))?;
+        }
+        Ok(started.elapsed())
+    }
+
+    /// Decode `n_tokens` one at a time after a short prompt, greedily and without stopping at
+    /// end tokens; returns the time of the decode alone.
+    pub fn bench_decode(&mut self, n_tokens: usize) -> Result<std::time::Duration, ModelError> {
+        let prompt = self.bench_tokens(16);
+        self.bench_prefill(prompt.len())?;
+        let start = i32::try_from(prompt.len()).unwrap_or(16);
+        let end = start.saturating_add(i32::try_from(n_tokens).unwrap_or(i32::MAX));
+        let mut batch = LlamaBatch::new(1, 1);
+        let started = Instant::now();
+        for n_past in start..end {
+            let next = greedy(self.ctx.get_logits_ith(-1));
+            batch.clear();
+            batch
+                .add(next, n_past, &[0], true)
+                .map_err(engine("building a batch"))?;
+            self.ctx.decode(&mut batch).map_err(engine("decoding"))?;
+        }
+        Ok(started.elapsed())
+    }
+
+    /// Ordinary text tokens to time the engine with (llama-bench uses random ones; any
+    /// tokens cost the same).
+    fn bench_tokens(&self, n: usize) -> Vec<LlamaToken> {
+        let text = "Open the settings window, find the network section and turn on the proxy. ";
+        let vocab = self.engine.model.vocab();
+        let mut tokens = vocab.tokenize(text.as_bytes(), false, false);
+        if tokens.is_empty() {
+            tokens.push(LlamaToken::new(1));
+        }
+        tokens.iter().copied().cycle().take(n).collect()
+    }
+}
+
+impl Backend for LlamaSession<'_> {
+    fn reply(&mut self, prompt: &Prompt<'_>) -> Result<Reply, ModelError> {
+        let generated = self.generate(prompt)?;
+        let parsed = self.engine.family.parse(&generated.text)?;
+        let action = parsed.action.to_action(&prompt.frame.map)?;
+        Ok(Reply {
+            raw: generated.text,
+            thought: parsed.thought,
+            action,
+            timings: generated.timings,
+        })
+    }
+}

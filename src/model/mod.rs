@@ -1,0 +1,85 @@
+//! Think: run a vision-language model on the local CPU or GPU and turn its reply into an
+//! `Action`. Model families (prompt, image size, output syntax, coordinate convention) are data
+//! plus a small parser each; decoding is grammar-constrained so a reply always parses.
+
+pub mod family;
+pub mod gguf;
+pub mod llama;
+pub mod store;
+pub mod tiny;
+
+use std::time::Duration;
+
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::input::Action;
+use crate::screen::Frame;
+
+pub use family::{Family, FamilyId, ModelAction, ParseError, ParsedReply};
+
+/// Everything the model sees in one step.
+pub struct Prompt<'a> {
+    /// The family's system text (from `prompts/<family>.md`).
+    pub system: String,
+    /// The user's task, verbatim.
+    pub task: String,
+    /// Earlier steps as text (thought, action, decision, outcome), oldest first.
+    pub history: Vec<String>,
+    /// Up to N earlier frames, oldest first.
+    pub earlier_frames: Vec<&'a Frame>,
+    /// The frame the model must act on; its map turns model points into screen pixels.
+    pub frame: &'a Frame,
+}
+
+/// How long each part of a reply took, and how much work it was.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timings {
+    pub image_encode_ms: f64,
+    pub image_tokens: usize,
+    pub prefill_ms: f64,
+    /// Tokens evaluated for this step (text and image).
+    pub prefill_tokens: usize,
+    /// Tokens kept from the previous step's cache instead of being evaluated again.
+    pub reused_tokens: usize,
+    pub decode_ms: f64,
+    pub decode_tokens: usize,
+    /// Tokens the grammar forced and that were fed without sampling.
+    pub forced_tokens: usize,
+    pub total_ms: f64,
+}
+
+/// A model's reply, parsed and mapped to the screen.
+#[derive(Debug, Clone, Serialize)]
+pub struct Reply {
+    pub raw: String,
+    pub thought: Option<String>,
+    /// In screen pixels, mapped through the prompt frame's `FrameMap`.
+    pub action: Action,
+    pub timings: Timings,
+}
+
+#[derive(Debug, Error)]
+pub enum ModelError {
+    #[error("model file {path}: {problem}")]
+    File { path: String, problem: String },
+    #[error("the model's reply did not parse: {0}")]
+    Parse(#[from] ParseError),
+    #[error("the model named a point outside the frame: {0}")]
+    Map(#[from] crate::screen::MapError),
+    #[error("llama.cpp: {0}")]
+    Engine(String),
+    #[error(
+        "the prompt needs {needed} tokens but the context holds {n_ctx}; raise n_ctx or lower the image budget"
+    )]
+    ContextFull { needed: usize, n_ctx: usize },
+}
+
+/// The think stage's boundary.
+pub trait Backend {
+    fn reply(&mut self, prompt: &Prompt<'_>) -> Result<Reply, ModelError>;
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}

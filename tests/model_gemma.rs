@@ -1,0 +1,122 @@
+//! The real Gemma 3 270M through llama.cpp: a real tokenizer and real weights under the action
+//! grammar always give a valid action, and later steps reuse the cached prefix.
+
+#[path = "common/models.rs"]
+mod models;
+
+use deskhand::model::llama::{EngineConfig, LlamaEngine};
+use deskhand::model::{Backend, FamilyId, Prompt};
+use deskhand::screen::{Frame, FrameMap, MonitorInfo};
+use image::RgbImage;
+
+fn frame() -> Frame {
+    let monitor = MonitorInfo {
+        index: 0,
+        name: "test".into(),
+        x: 0,
+        y: 0,
+        width: 1920,
+        height: 1080,
+        scale_factor: 1.0,
+        primary: true,
+    };
+    Frame {
+        image: RgbImage::new(896, 896),
+        map: FrameMap::new(&monitor, 896, 896),
+    }
+}
+
+const TASKS: [&str; 20] = [
+    "Open the settings and turn on dark mode.",
+    "Click the red button.",
+    "Type hello world into the search field and press enter.",
+    "Scroll down to the bottom of the page.",
+    "Close this window.",
+    "Copy the selected text with the keyboard.",
+    "Open a new browser tab.",
+    "Double-click the file named report.pdf.",
+    "Drag the slider all the way to the right.",
+    "Right-click the desktop and create a new folder.",
+    "Wait for the download to finish.",
+    "Ask the user which account to use.",
+    "The task is finished; report success.",
+    "Find the word 'invoice' on this page.",
+    "Press F5 to reload.",
+    "Écris « bonjour » dans le champ de texte.",
+    "日本語で「こんにちは」と入力してください。",
+    "Select all the text and delete it.",
+    "Move the mouse to the top menu bar.",
+    "Give up: the application is not installed.",
+];
+
+#[test]
+fn grammar_constrained_gemma_gives_a_valid_action_for_every_task() {
+    let config = EngineConfig::new(models::text_model(), None, FamilyId::Gemma3);
+    let engine = LlamaEngine::load(config).expect("load Gemma 3 270M");
+    let mut session = engine.session().expect("context");
+    let frame = frame();
+    let mut kinds = std::collections::BTreeSet::new();
+    for task in TASKS {
+        let prompt = Prompt {
+            system: engine.family().system_prompt().to_owned(),
+            task: task.to_owned(),
+            history: Vec::new(),
+            earlier_frames: Vec::new(),
+            frame: &frame,
+        };
+        let reply = session
+            .reply(&prompt)
+            .unwrap_or_else(|e| panic!("task {task:?}: {e}"));
+        reply
+            .action
+            .validate()
+            .unwrap_or_else(|e| panic!("task {task:?}: {} is invalid: {e}", reply.raw));
+        assert!(reply.timings.decode_tokens > 0);
+        kinds.insert(reply.action.kind());
+        eprintln!(
+            "{task:?} -> {} ({} tokens)",
+            reply.action.to_json(),
+            reply.timings.decode_tokens
+        );
+    }
+    eprintln!("action kinds: {kinds:?}");
+}
+
+#[test]
+fn later_steps_evaluate_only_what_follows_the_cached_prefix() {
+    let config = EngineConfig::new(models::text_model(), None, FamilyId::Gemma3);
+    let engine = LlamaEngine::load(config).expect("load Gemma 3 270M");
+    let mut session = engine.session().expect("context");
+    let frame = frame();
+    let mut history = Vec::new();
+    let mut per_step = Vec::new();
+    for step in 0..3 {
+        let prompt = Prompt {
+            system: engine.family().system_prompt().to_owned(),
+            task: "Open the settings and turn on dark mode.".to_owned(),
+            history: history.clone(),
+            earlier_frames: Vec::new(),
+            frame: &frame,
+        };
+        let reused = session.generate(&prompt).unwrap();
+        session.forget_prefix();
+        let full = session.generate(&prompt).unwrap();
+        // Both replies are actions (numerics may differ in the last bits, since the two
+        // evaluations batch the tokens differently).
+        engine.family().parse(&reused.text).unwrap();
+        engine.family().parse(&full.text).unwrap();
+        per_step.push((
+            reused.timings.prefill_tokens,
+            reused.timings.reused_tokens,
+            full.timings.prefill_tokens,
+        ));
+        history.push(format!("Step {}: {}", step + 1, reused.text.trim()));
+    }
+    eprintln!("(evaluated with reuse, reused, evaluated without reuse) per step: {per_step:?}");
+    // The first step fills the cache; each later step (after the recompute that reset it,
+    // the cache again holds the prefix) reuses it.
+    for &(with_reuse, reused, full) in &per_step[1..] {
+        assert!(reused > 0, "{per_step:?}");
+        assert_eq!(with_reuse + reused, full, "{per_step:?}");
+    }
+}

@@ -1,0 +1,69 @@
+//! The tiny generated VLM end to end through llama.cpp: a real screenshot from Xvfb goes
+//! through mtmd's image path, and the grammar turns random weights into a valid action.
+
+mod common;
+
+use common::{TestWindow, display};
+use deskhand::model::llama::{EngineConfig, LlamaEngine};
+use deskhand::model::tiny::{TINY_IMAGE_SIZE, TINY_IMAGE_TOKENS, write_tiny_vlm};
+use deskhand::model::{Backend, FamilyId, Prompt};
+use deskhand::screen::{FrameTarget, Screen, X11Screen};
+
+#[test]
+fn the_tiny_vlm_sees_a_real_screenshot_and_returns_a_valid_action() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = write_tiny_vlm(dir.path()).unwrap();
+    let display = display(1280, 800);
+    let _window = TestWindow::open(&display, "640x480+100+100", "tiny vlm");
+
+    let mut config = EngineConfig::new(&tiny.model, Some(tiny.mmproj.clone()), FamilyId::Gemma3);
+    // The projector takes a fixed square: resize to it in Rust so mtmd never letterboxes.
+    config.frame_target = Some(FrameTarget::Fixed {
+        width: TINY_IMAGE_SIZE,
+        height: TINY_IMAGE_SIZE,
+    });
+    config.n_ctx = 4096;
+    let engine = LlamaEngine::load(config).unwrap();
+    let mut session = engine.session().unwrap();
+
+    let mut screen = X11Screen::connect(Some(display.name())).unwrap();
+    let monitor = screen.monitor(None).unwrap();
+    let frame = screen.capture(&monitor, engine.frame_target()).unwrap();
+    assert_eq!(frame.image.dimensions(), (TINY_IMAGE_SIZE, TINY_IMAGE_SIZE));
+
+    let mut history = Vec::new();
+    for step in 0..2 {
+        let prompt = Prompt {
+            system: engine.family().system_prompt().to_owned(),
+            task: "Click the red button.".to_owned(),
+            history: history.clone(),
+            earlier_frames: Vec::new(),
+            frame: &frame,
+        };
+        let reply = session
+            .reply(&prompt)
+            .unwrap_or_else(|e| panic!("step {step}: {e}"));
+        reply.action.validate().unwrap();
+        assert_eq!(
+            reply.timings.image_tokens, TINY_IMAGE_TOKENS,
+            "the image went through mtmd"
+        );
+        assert!(reply.timings.image_encode_ms > 0.0);
+        // Points are screen pixels of the captured monitor.
+        for p in reply.action.points() {
+            assert!(
+                monitor.contains(p),
+                "{} is off the monitor",
+                reply.action.to_json()
+            );
+        }
+        if step == 1 {
+            assert!(
+                reply.timings.reused_tokens > 0,
+                "the second step reuses the system+task prefix"
+            );
+        }
+        eprintln!("step {step}: {:?} -> {}", reply.raw, reply.action.to_json());
+        history.push(reply.action.to_json());
+    }
+}

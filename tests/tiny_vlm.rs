@@ -1,0 +1,245 @@
+//! The tiny generated VLM (`deskhand::model::tiny`) runs through the real llama.cpp path: the
+//! text model and projector load, an image becomes the expected number of image tokens, the
+//! prompt is evaluated and greedy decoding produces tokens.
+
+use std::ffi::CString;
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::OnceLock;
+
+use deskhand::model::tiny::{
+    TINY_IMAGE_SIZE, TINY_IMAGE_TOKENS, TINY_N_EMBD, TINY_N_VOCAB, TinyVlm, write_tiny_vlm,
+};
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::mtmd::{
+    MtmdBitmap, MtmdContext, MtmdContextParams, MtmdInputChunkType, MtmdInputChunks, MtmdInputText,
+    mtmd_default_marker,
+};
+use llama_cpp_2::sampling::LlamaSampler;
+
+const N_CTX: u32 = 4096;
+const N_BATCH: u32 = 512;
+const DECODE_STEPS: usize = 10;
+
+/// llama.cpp's backend may be initialised once per process, and the tests of this binary run
+/// on several threads.
+fn backend() -> &'static LlamaBackend {
+    static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
+    BACKEND.get_or_init(|| LlamaBackend::init().expect("llama.cpp backend initialises"))
+}
+
+fn threads() -> i32 {
+    std::thread::available_parallelism().map_or(2, |n| n.get().min(4) as i32)
+}
+
+/// Something that looks like a small screen: a gradient desktop, a title bar, a window and a
+/// button, so the patches differ from each other.
+fn screen_like_rgb(width: u32, height: u32) -> Vec<u8> {
+    let mut rgb = Vec::with_capacity((width * height * 3) as usize);
+    for y in 0..height {
+        for x in 0..width {
+            let px = if y < height / 8 {
+                [40, 44, 52] // title bar
+            } else if (width / 8..width * 7 / 8).contains(&x)
+                && (height / 4..height * 7 / 8).contains(&y)
+            {
+                if (width / 2..width * 3 / 4).contains(&x)
+                    && (height * 5 / 8..height * 3 / 4).contains(&y)
+                {
+                    [30, 120, 220] // button
+                } else {
+                    [240, 240, 240] // window
+                }
+            } else {
+                [(x * 255 / width) as u8, (y * 255 / height) as u8, 128] // desktop
+            };
+            rgb.extend_from_slice(&px);
+        }
+    }
+    rgb
+}
+
+fn image_chunk_tokens(chunks: &MtmdInputChunks) -> Vec<usize> {
+    (0..chunks.len())
+        .filter_map(|i| chunks.get(i))
+        .filter(|c| c.chunk_type() == MtmdInputChunkType::Image)
+        .map(|c| c.n_tokens())
+        .collect()
+}
+
+/// The test prompt. Text follows the image so that the last evaluated token is a text token,
+/// which is the one that gets logits.
+fn tokenize(mtmd: &MtmdContext, bitmap: &MtmdBitmap) -> MtmdInputChunks {
+    mtmd.tokenize(
+        MtmdInputText {
+            text: format!("describe {}\nanswer:", mtmd_default_marker()),
+            add_special: true,
+            parse_special: true,
+        },
+        &[bitmap],
+    )
+    .expect("the prompt tokenizes")
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("temp paths are UTF-8")
+}
+
+#[test]
+fn generating_twice_gives_identical_bytes() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let first = write_tiny_vlm(a.path()).unwrap();
+    let second = write_tiny_vlm(b.path()).unwrap();
+    // Writing again into the same directory replaces the files with the same bytes.
+    let again = write_tiny_vlm(a.path()).unwrap();
+    assert_eq!(first, again);
+
+    for (x, y) in [
+        (&first.model, &second.model),
+        (&first.mmproj, &second.mmproj),
+    ] {
+        let (bx, by) = (std::fs::read(x).unwrap(), std::fs::read(y).unwrap());
+        assert_eq!(bx, by, "{} and {} differ", x.display(), y.display());
+        assert_eq!(&bx[..4], b"GGUF");
+        assert_eq!(u32::from_le_bytes(bx[4..8].try_into().unwrap()), 3);
+        assert!(bx.len() < 4 << 20, "{} is {} bytes", x.display(), bx.len());
+        println!(
+            "{}: {} bytes",
+            x.file_name().unwrap().to_string_lossy(),
+            bx.len()
+        );
+    }
+    // No temporary files are left behind.
+    let names: Vec<_> = std::fs::read_dir(a.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}
+
+#[test]
+fn write_error_names_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("not-a-dir");
+    std::fs::write(&blocker, b"x").unwrap();
+    let err = write_tiny_vlm(&blocker.join("sub")).unwrap_err();
+    assert!(err.to_string().contains("not-a-dir"), "{err}");
+}
+
+#[test]
+fn tiny_vlm_runs_through_llama_cpp() {
+    let dir = tempfile::tempdir().unwrap();
+    let TinyVlm { model, mmproj } = write_tiny_vlm(dir.path()).unwrap();
+    let backend = backend();
+
+    let model = LlamaModel::load_from_file(backend, &model, &LlamaModelParams::default())
+        .expect("the tiny text model loads");
+    assert_eq!(model.n_vocab(), TINY_N_VOCAB as i32);
+    assert_eq!(model.n_embd(), TINY_N_EMBD as i32);
+
+    let mut ctx = model
+        .new_context(
+            backend,
+            LlamaContextParams::default()
+                .with_n_ctx(NonZeroU32::new(N_CTX))
+                .with_n_batch(N_BATCH)
+                .with_n_ubatch(N_BATCH)
+                .with_n_threads(threads())
+                .with_n_threads_batch(threads()),
+        )
+        .expect("a context opens");
+
+    let mtmd_params = MtmdContextParams {
+        use_gpu: false,
+        print_timings: false,
+        n_threads: threads(),
+        media_marker: CString::new(mtmd_default_marker()).unwrap(),
+        ..MtmdContextParams::default()
+    };
+    let mut mtmd = MtmdContext::init_from_file(path_str(&mmproj), &model, &mtmd_params)
+        .expect("the tiny projector loads");
+    assert!(mtmd.support_vision());
+    assert!(!mtmd.decode_use_mrope());
+
+    let side = TINY_IMAGE_SIZE;
+    let screen = screen_like_rgb(side, side);
+    let bitmap = MtmdBitmap::from_image_data(side, side, &screen).unwrap();
+    let chunks = tokenize(&mtmd, &bitmap);
+    assert_eq!(image_chunk_tokens(&chunks), vec![TINY_IMAGE_TOKENS]);
+    println!(
+        "chunks: {}, image tokens: {:?}, total tokens: {}",
+        chunks.len(),
+        image_chunk_tokens(&chunks),
+        chunks.total_tokens()
+    );
+
+    // A frame of another size is letterboxed to the projector's size: still one tile.
+    let other = MtmdBitmap::from_image_data(200, 120, &screen_like_rgb(200, 120)).unwrap();
+    assert_eq!(
+        image_chunk_tokens(&tokenize(&mtmd, &other)),
+        vec![TINY_IMAGE_TOKENS]
+    );
+
+    // The image reaches the text model: another image changes the next-token logits, the same
+    // image gives the same logits again.
+    let inverted: Vec<u8> = screen.iter().map(|&v| 255 - v).collect();
+    let inverted = MtmdBitmap::from_image_data(side, side, &inverted).unwrap();
+    let mut prefill_logits = |bitmap: &MtmdBitmap| {
+        ctx.clear_kv_cache();
+        let chunks = tokenize(&mtmd, bitmap);
+        chunks
+            .eval_chunks(&mut mtmd, &mut ctx, 0, 0, N_BATCH as i32, true)
+            .expect("the prompt evaluates");
+        ctx.get_logits_ith(-1).to_vec()
+    };
+    let logits_inverted = prefill_logits(&inverted);
+    let logits_screen = prefill_logits(&bitmap);
+    assert_ne!(logits_screen, logits_inverted);
+    assert_eq!(logits_screen, prefill_logits(&bitmap));
+
+    ctx.clear_kv_cache();
+    let n_past = chunks
+        .eval_chunks(&mut mtmd, &mut ctx, 0, 0, N_BATCH as i32, true)
+        .expect("the prompt evaluates");
+    assert_eq!(n_past as usize, chunks.total_tokens());
+    assert_eq!(ctx.get_logits_ith(-1), &logits_screen[..]);
+
+    let vocab = model.vocab();
+    let mut sampler = LlamaSampler::greedy();
+    let mut batch = LlamaBatch::new(1, 1);
+    let mut logits_index = -1;
+    let mut tokens = Vec::new();
+    // Each sampled token goes in at the next position after the prompt.
+    for pos in n_past..n_past + DECODE_STEPS as i32 {
+        let token = sampler.sample(&ctx, logits_index);
+        tokens.push(token);
+        if vocab.is_eog(token) {
+            break;
+        }
+        batch.clear();
+        batch.add(token, pos, &[0], true).unwrap();
+        ctx.decode(&mut batch).expect("a decode step runs");
+        logits_index = batch.n_tokens() - 1;
+    }
+    let pieces: Vec<String> = tokens
+        .iter()
+        .map(|&t| String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned())
+        .collect();
+    println!(
+        "decoded {} tokens: {:?} {:?}",
+        tokens.len(),
+        tokens.iter().map(|t| t.0).collect::<Vec<_>>(),
+        pieces
+    );
+    assert!(!tokens.is_empty());
+    assert!(
+        tokens
+            .iter()
+            .all(|t| (0..TINY_N_VOCAB as i32).contains(&t.0))
+    );
+}
