@@ -2,6 +2,8 @@
 //! through mtmd's image path, and the grammar turns random weights into a valid action.
 
 mod common;
+#[path = "common/models.rs"]
+mod models;
 
 use common::{TestWindow, display};
 use deskhand::model::llama::{EngineConfig, LlamaEngine};
@@ -66,4 +68,35 @@ fn the_tiny_vlm_sees_a_real_screenshot_and_returns_a_valid_action() {
         eprintln!("step {step}: {:?} -> {}", reply.raw, reply.action.to_json());
         history.push(reply.action.to_json());
     }
+}
+
+#[test]
+fn a_projector_that_does_not_fit_the_model_is_refused_with_both_widths() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = write_tiny_vlm(dir.path()).unwrap();
+    // Gemma 3 270M embeds in 640 dimensions; the tiny projector produces 64.
+    let config = EngineConfig::new(
+        models::text_model(),
+        Some(tiny.mmproj.clone()),
+        FamilyId::Gemma3,
+    );
+    let err = LlamaEngine::load(config)
+        .err()
+        .expect("a mismatched projector must be refused")
+        .to_string();
+    assert!(err.contains("640") && err.contains("64"), "{err}");
+    assert!(
+        err.contains("mmproj-tiny-vlm.gguf"),
+        "the error names the file: {err}"
+    );
+
+    let config = EngineConfig::new(dir.path().join("missing.gguf"), None, FamilyId::Gemma3);
+    let err = LlamaEngine::load(config)
+        .err()
+        .expect("a missing model must be refused")
+        .to_string();
+    assert!(
+        err.contains("missing.gguf") && err.contains("deskhand models pull"),
+        "{err}"
+    );
 }

@@ -8,7 +8,7 @@ use clap::Subcommand;
 use crate::cli::{BAD_INPUT_EXIT_CODE, Failure};
 use crate::model::family::FamilyId;
 use crate::model::store::{
-    self, AddRequest, FileAction, FileStatus, Sha256Origin, Source, Store, StoreConfig, StoreError,
+    AddRequest, FileAction, FileStatus, Sha256Origin, Source, Store, StoreConfig, StoreError,
 };
 
 #[derive(Debug, Subcommand)]
@@ -43,7 +43,7 @@ pub enum ModelsCommand {
         mmproj: Option<PathBuf>,
         /// The model family (ui-tars, qwen25-vl, qwen3-vl, gemma3); guessed from the GGUF
         /// metadata when left out.
-        #[arg(long, value_name = "FAMILY", value_parser = store::parse_family)]
+        #[arg(long, value_name = "FAMILY")]
         family: Option<FamilyId>,
         /// The name to register it under (default: from the file name).
         #[arg(long)]
@@ -109,7 +109,7 @@ fn list(store: &Store) -> Result<(), Failure> {
         println!(
             "{:<16} {:<10} {:>9} {:>7}  {installed}",
             row.name,
-            store::family_name(row.family),
+            FamilyId::name(row.family),
             row.download_size.map_or_else(|| "?".into(), gigabytes),
             row.ram_gb
                 .map_or_else(|| "?".into(), |r| format!("{r:.1} GB")),
@@ -123,7 +123,7 @@ fn list(store: &Store) -> Result<(), Failure> {
             println!(
                 "{:<16} {:<10} {:>9}  {}{}",
                 row.name,
-                store::family_name(row.family),
+                FamilyId::name(row.family),
                 row.download_size.map_or_else(|| "?".into(), gigabytes),
                 m.model_path.display(),
                 if row.files_present {
@@ -162,7 +162,7 @@ fn pull(store: &Store, name: &str) -> Result<(), Failure> {
     println!(
         "installed {} ({}): {} and {}",
         m.name,
-        store::family_name(m.family),
+        FamilyId::name(m.family),
         m.model_path.display(),
         m.mmproj_path.display()
     );
@@ -174,7 +174,7 @@ fn add(store: &Store, request: AddRequest) -> Result<(), Failure> {
     println!(
         "added {} ({}): {} with {}",
         m.name,
-        store::family_name(m.family),
+        FamilyId::name(m.family),
         m.model_path.display(),
         m.mmproj_path.display()
     );

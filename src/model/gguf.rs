@@ -238,15 +238,16 @@ pub struct EmbeddingWidth {
 
 impl fmt::Display for EmbeddingWidth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.deepstack_layers == 0 {
-            write!(f, "{}", self.total)
-        } else {
-            write!(
-                f,
-                "{} ({} x (1 + {} deepstack layers))",
-                self.total, self.base, self.deepstack_layers
-            )
-        }
+        write_width(f, self.total, self.base, self.deepstack_layers)
+    }
+}
+
+/// "2048", or "8192 (2048 x (1 + 3 deepstack layers))" when deepstack copies add to it.
+fn write_width(f: &mut fmt::Formatter<'_>, total: u64, base: u64, deepstack: u64) -> fmt::Result {
+    if deepstack == 0 {
+        write!(f, "{total}")
+    } else {
+        write!(f, "{total} ({base} x (1 + {deepstack} deepstack layers))")
     }
 }
 
@@ -280,15 +281,7 @@ pub struct ProjectionWidth {
 
 impl fmt::Display for ProjectionWidth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.deepstack_layers == 0 {
-            write!(f, "{}", self.total)
-        } else {
-            write!(
-                f,
-                "{} ({} x (1 + {} deepstack layers))",
-                self.total, self.base, self.deepstack_layers
-            )
-        }
+        write_width(f, self.total, self.base, self.deepstack_layers)
     }
 }
 

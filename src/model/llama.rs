@@ -162,6 +162,11 @@ impl LlamaEngine {
                 ));
             }
         }
+        if let Some(mmproj) = &config.mmproj {
+            // A non-GGUF, a projector without vision or of the wrong width is the user's to
+            // fix; say so, naming both files, before llama.cpp gets a chance to fail obscurely.
+            super::store::check_pair(&config.model, mmproj)?;
+        }
         let runtime = runtime()?;
         let gpu_layers = config
             .gpu_layers

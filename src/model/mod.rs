@@ -67,6 +67,8 @@ pub enum ModelError {
     Parse(#[from] ParseError),
     #[error("the model named a point outside the frame: {0}")]
     Map(#[from] crate::screen::MapError),
+    #[error(transparent)]
+    Files(#[from] store::StoreError),
     #[error("llama.cpp: {0}")]
     Engine(String),
     #[error(

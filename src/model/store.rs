@@ -45,7 +45,6 @@ const ENV_HF_TOKEN: &str = "HF_TOKEN";
 
 const CATALOG_SCHEMA: u32 = 1;
 const INSTALLED_SCHEMA: u32 = 1;
-const FAMILY_NAMES: &str = "ui-tars, qwen25-vl, qwen3-vl, gemma3";
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -99,7 +98,9 @@ pub enum StoreError {
         why: String,
     },
     #[error(
-        "cannot tell which model family {path} belongs to (general.architecture = {arch:?}, general.name = {name:?}); pass --family with one of: {FAMILY_NAMES}"
+        "cannot tell which model family {path} belongs to (general.architecture = {arch:?}, general.name = {name:?}); pass --family with one of: {families}",
+        path = path.display(),
+        families = crate::model::family::known_family_names()
     )]
     UnknownFamily {
         path: PathBuf,
@@ -208,29 +209,6 @@ impl fmt::Display for WidthMismatch {
 fn io_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
     let context = context.into();
     move |source| StoreError::Io { context, source }
-}
-
-/// The family's name as the catalog and `--family` spell it.
-pub fn family_name(family: FamilyId) -> &'static str {
-    match family {
-        FamilyId::UiTars => "ui-tars",
-        FamilyId::Qwen25Vl => "qwen25-vl",
-        FamilyId::Qwen3Vl => "qwen3-vl",
-        FamilyId::Gemma3 => "gemma3",
-    }
-}
-
-/// Parse a family name ("ui-tars", "qwen25-vl", "qwen3-vl", "gemma3").
-pub fn parse_family(s: &str) -> Result<FamilyId, String> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "ui-tars" => Ok(FamilyId::UiTars),
-        "qwen25-vl" => Ok(FamilyId::Qwen25Vl),
-        "qwen3-vl" => Ok(FamilyId::Qwen3Vl),
-        "gemma3" => Ok(FamilyId::Gemma3),
-        _ => Err(format!(
-            "unknown model family {s:?}; the families are: {FAMILY_NAMES}"
-        )),
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1759,18 +1737,5 @@ mod tests {
         );
         assert_eq!(default_name(Path::new("My Model (1).gguf")), "my-model--1-");
         assert!(check_name(&default_name(Path::new("-.gguf"))).is_ok());
-    }
-
-    #[test]
-    fn family_names_round_trip() {
-        for f in [
-            FamilyId::UiTars,
-            FamilyId::Qwen25Vl,
-            FamilyId::Qwen3Vl,
-            FamilyId::Gemma3,
-        ] {
-            assert_eq!(parse_family(family_name(f)), Ok(f));
-        }
-        assert!(parse_family("llava").is_err());
     }
 }

@@ -99,7 +99,7 @@ impl fmt::Display for FamilyId {
 #[error("unknown model family '{0}'; the known families are {known}", known = known_family_names())]
 pub struct UnknownFamily(pub String);
 
-fn known_family_names() -> String {
+pub(crate) fn known_family_names() -> String {
     FamilyId::ALL.map(FamilyId::name).join(", ")
 }
 
