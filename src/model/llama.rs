@@ -575,7 +575,7 @@ impl LlamaSession<'_> {
                     timings.forced_tokens += forced.len();
                 }
             }
-            let token = self.pick();
+            let token = self.pick()?;
             if vocab.is_eog(token) {
                 return Ok(String::from_utf8_lossy(&bytes).into_owned());
             }
@@ -652,27 +652,30 @@ impl LlamaSession<'_> {
 
     /// The next token: the model's greedy choice if the grammar allows it, else the best
     /// token the grammar allows.
-    fn pick(&mut self) -> LlamaToken {
+    fn pick(&mut self) -> Result<LlamaToken, ModelError> {
         // -1 is llama.cpp's index of the last output, which is where the logits are after
         // both the prompt and each one-token batch.
         let index = -1;
         let greedy = greedy(self.ctx.get_logits_ith(index));
         if !self.constrained {
-            return greedy;
+            return Ok(greedy);
         }
         let mut single =
             LlamaTokenDataArray::new(vec![LlamaTokenData::new(greedy, 0.0, 0.0)], false);
         single.apply_sampler(&mut self.grammar);
         if single.data.first().is_some_and(|d| d.logit().is_finite()) {
-            return greedy;
+            return Ok(greedy);
         }
         let mut all = self.ctx.token_data_array_ith(index);
         all.apply_sampler(&mut self.grammar);
+        // Accepting a token the grammar rejects aborts inside llama.cpp, so an empty choice
+        // must stop here.
         all.data
             .iter()
             .filter(|d| d.logit().is_finite())
             .max_by(|a, b| a.logit().total_cmp(&b.logit()))
-            .map_or(greedy, LlamaTokenData::id)
+            .map(LlamaTokenData::id)
+            .ok_or_else(|| ModelError::Engine("the action grammar allows no next token".into()))
     }
 }
 
