@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Build llama.cpp's own `llama-bench` from the exact llama.cpp source that llama-cpp-sys-2
-# vendors (the one deskhand links), with the same native CPU flags, so `deskhand bench model`
-# compares like with like. Prints the path of the built binary.
+# Build llama.cpp's own `llama-bench` from the llama.cpp source that llama-cpp-sys-2 vendors
+# (the one deskhand links), with the same native CPU flags, so `deskhand bench model` compares
+# like with like. The crate's copy lacks the tool's sources; LLAMA_CPP_SRC then names a
+# checkout of the same commit. Prints the path of the built binary.
 #
 #   benches/build-llama-bench.sh            # builds into target/llama-bench/
 set -euo pipefail
@@ -13,6 +14,17 @@ src="$(dirname "$manifest")/llama.cpp"
 if [ ! -f "$src/CMakeLists.txt" ]; then
   echo "llama.cpp source not found at $src (run cargo fetch first)" >&2
   exit 1
+fi
+if [ ! -f "$src/tools/llama-bench/llama-bench.cpp" ]; then
+  # llama-cpp-sys-2 0.1.161 ships only the libraries' sources: tools/llama-bench holds just
+  # its README. Point LLAMA_CPP_SRC at a llama.cpp checkout of the same commit instead.
+  if [ -n "${LLAMA_CPP_SRC:-}" ] && [ -f "$LLAMA_CPP_SRC/tools/llama-bench/llama-bench.cpp" ]; then
+    src="$LLAMA_CPP_SRC"
+  else
+    echo "the vendored llama.cpp at $src has no tools/llama-bench sources;" >&2
+    echo "set LLAMA_CPP_SRC to a llama.cpp checkout of the same commit and run this again" >&2
+    exit 1
+  fi
 fi
 
 out="target/llama-bench"

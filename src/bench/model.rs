@@ -139,7 +139,6 @@ fn steps(
     let mut image_tokens = 0;
     let mut action_tokens = 0;
     let mut sample_reply = String::new();
-    session.forget_prefix();
     for step in 0..args.steps.max(2) {
         let prompt = Prompt {
             system: family.system_prompt().to_owned(),
@@ -148,8 +147,11 @@ fn steps(
             earlier_frames: Vec::new(),
             frame: &frame,
         };
-        // With the prefix cache (the first step fills it).
-        session.set_constrained(true);
+        // From scratch: evaluates everything, and leaves the prefix in the cache.
+        session.forget_prefix();
+        let recomputed = session.generate(&prompt)?;
+        full.push(recomputed.timings.prefill_tokens);
+        // The step as the loop runs it: the system+task prefix comes from the cache.
         let reused = session.generate(&prompt)?;
         with_reuse.push(reused.timings.prefill_tokens);
         step_times.push(Duration::from_secs_f64(reused.timings.total_ms / 1e3));
@@ -157,14 +159,8 @@ fn steps(
         image_encode_ms = reused.timings.image_encode_ms;
         image_tokens = reused.timings.image_tokens;
         action_tokens = reused.timings.decode_tokens;
-        // The same step recomputed from scratch.
-        session.forget_prefix();
-        let recomputed = session.generate(&prompt)?;
-        full.push(recomputed.timings.prefill_tokens);
-        // The same number of tokens without the grammar.
-        let unconstrained_time = session.bench_decode(action_tokens.max(1))?;
-        unconstrained.push(unconstrained_time);
-        session.forget_prefix();
+        // The same number of tokens without the grammar (this resets the cache).
+        unconstrained.push(session.bench_decode(action_tokens.max(1))?);
         sample_reply = reused.text.clone();
         history.push(format!("Step {}: {}", step + 1, reused.text.trim()));
     }

@@ -277,7 +277,6 @@ impl LlamaEngine {
             char_tokens,
             end_tokens,
             cached_prefix: None,
-            constrained: true,
         })
     }
 }
@@ -344,7 +343,6 @@ pub struct LlamaSession<'e> {
     char_tokens: Option<Vec<(LlamaToken, char)>>,
     end_tokens: Vec<LlamaToken>,
     cached_prefix: Option<CachedPrefix>,
-    constrained: bool,
 }
 
 /// The raw result of generating one reply.
@@ -354,11 +352,6 @@ pub struct Generated {
 }
 
 impl LlamaSession<'_> {
-    /// Decode without the grammar (the benchmark's baseline). Replies may then fail to parse.
-    pub fn set_constrained(&mut self, constrained: bool) {
-        self.constrained = constrained;
-    }
-
     /// Forget the cached prefix, so the next step evaluates everything (the benchmark's
     /// full-recompute baseline).
     pub fn forget_prefix(&mut self) {
@@ -559,29 +552,25 @@ impl LlamaSession<'_> {
         let mut bytes = Vec::new();
         let mut batch = LlamaBatch::new(1, 1);
         while timings.decode_tokens < self.engine.config.max_reply_tokens {
-            if self.constrained {
-                let forced = self.forced_tokens();
-                if !forced.is_empty() {
-                    // Text the grammar leaves no choice about goes in as one batch, unsampled.
-                    let mut many = LlamaBatch::new(forced.len(), 1);
-                    for (i, &token) in forced.iter().enumerate() {
-                        vocab.token_to_piece_into(token, &mut bytes, false, None);
-                        many.add(token, n_past, &[0], i + 1 == forced.len())
-                            .map_err(engine("building a batch"))?;
-                        n_past += 1;
-                    }
-                    self.ctx.decode(&mut many).map_err(engine("decoding"))?;
-                    timings.decode_tokens += forced.len();
-                    timings.forced_tokens += forced.len();
+            let forced = self.forced_tokens();
+            if !forced.is_empty() {
+                // Text the grammar leaves no choice about goes in as one batch, unsampled.
+                let mut many = LlamaBatch::new(forced.len(), 1);
+                for (i, &token) in forced.iter().enumerate() {
+                    vocab.token_to_piece_into(token, &mut bytes, false, None);
+                    many.add(token, n_past, &[0], i + 1 == forced.len())
+                        .map_err(engine("building a batch"))?;
+                    n_past += 1;
                 }
+                self.ctx.decode(&mut many).map_err(engine("decoding"))?;
+                timings.decode_tokens += forced.len();
+                timings.forced_tokens += forced.len();
             }
             let token = self.pick()?;
             if vocab.is_eog(token) {
                 return Ok(String::from_utf8_lossy(&bytes).into_owned());
             }
-            if self.constrained {
-                self.grammar.accept(token);
-            }
+            self.grammar.accept(token);
             vocab.token_to_piece_into(token, &mut bytes, false, None);
             timings.decode_tokens += 1;
             batch.clear();
@@ -657,9 +646,6 @@ impl LlamaSession<'_> {
         // both the prompt and each one-token batch.
         let index = -1;
         let greedy = greedy(self.ctx.get_logits_ith(index));
-        if !self.constrained {
-            return Ok(greedy);
-        }
         let mut single =
             LlamaTokenDataArray::new(vec![LlamaTokenData::new(greedy, 0.0, 0.0)], false);
         single.apply_sampler(&mut self.grammar);
