@@ -397,7 +397,7 @@ impl LlamaSession<'_> {
             .model
             .vocab()
             .tokenize(text.as_bytes(), add_special, true);
-        self.ensure_room(n_past, tokens.len())?;
+        check_room(n_ctx, reply_tokens, n_past, tokens.len())?;
         let mut n_past = n_past;
         let n_batch = self.engine.config.n_batch as usize;
         for (i, chunk) in tokens.chunks(n_batch.max(1)).enumerate() {
@@ -449,16 +449,6 @@ impl LlamaSession<'_> {
             .eval_chunks(mtmd, &mut self.ctx, n_past, 0, n_batch, true)
             .map_err(engine("encoding the image"))?;
         Ok((next, n_tokens))
-    }
-
-    /// Fail before evaluating what would not leave room for a reply in the context.
-    fn ensure_room(&self, n_past: i32, more: usize) -> Result<(), ModelError> {
-        check_room(
-            self.ctx.n_ctx() as usize,
-            self.engine.config.max_reply_tokens,
-            n_past,
-            more,
-        )
     }
 
     /// Evaluate the prompt (reusing the cached prefix when it matches) and decode a reply.
