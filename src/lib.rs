@@ -5,4 +5,5 @@ pub mod bench;
 pub mod cli;
 pub mod input;
 pub mod model;
+pub mod policy;
 pub mod screen;

@@ -3,9 +3,11 @@
 
 mod capture;
 mod model;
+mod policy;
 
 pub use capture::{CaptureBenchArgs, capture};
 pub use model::{ModelBenchArgs, model};
+pub use policy::{PolicyBenchArgs, policy};
 
 use std::time::Duration;
 

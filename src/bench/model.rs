@@ -109,7 +109,7 @@ fn synthetic_frame(target: FrameTarget) -> Result<Frame, Failure> {
         let (u, v) = (f64::from(x) / f64::from(w), f64::from(y) / f64::from(h));
         if v < 0.05 {
             image::Rgb([40, 44, 52])
-        } else if (0.1..0.16).contains(&v) && ((u * 10.0) as u32) % 2 == 0 {
+        } else if (0.1..0.16).contains(&v) && ((u * 10.0) as u32).is_multiple_of(2) {
             image::Rgb([30, 120, 220])
         } else {
             image::Rgb([235, 235, 235])

@@ -1,6 +1,7 @@
 //! The `deskhand` command line. Each command is a thin shell over the stage modules.
 
 pub mod models;
+pub mod policy;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -55,6 +56,8 @@ pub enum Command {
     /// Download, add, list and verify vision models.
     #[command(subcommand)]
     Models(models::ModelsCommand),
+    /// Write, check and explain the policy that decides every action; manage grants.
+    Policy(policy::PolicyArgs),
     /// Measure deskhand against baselines.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -135,6 +138,8 @@ pub enum BenchCommand {
     Capture(bench::CaptureBenchArgs),
     /// Prefill, decode, image encode and step latency of a model, against llama-bench.
     Model(bench::ModelBenchArgs),
+    /// Decision latency of a 200-rule policy, against a policy with no rules.
+    Policy(bench::PolicyBenchArgs),
 }
 
 /// An error with the exit status it should end the process with.
@@ -185,14 +190,21 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Screenshot(args) => screenshot(display, &args),
         Command::Act(args) => act(display, &args),
         Command::Models(cmd) => models::run(&cmd),
+        Command::Policy(args) => policy::run(&args, display),
         Command::Bench(BenchCommand::Capture(args)) => bench::capture(display, &args),
         Command::Bench(BenchCommand::Model(args)) => bench::model(&args),
+        Command::Bench(BenchCommand::Policy(args)) => bench::policy(&args),
     }
 }
 
 fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
+    use std::io::Write;
+    let text = serde_json::to_string_pretty(value)?;
+    match writeln!(std::io::stdout().lock(), "{text}") {
+        // A reader that stopped early (`| head`) is not an error of ours.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        result => Ok(result?),
+    }
 }
 
 fn monitors(display: Option<&str>, json: bool) -> Result<(), Failure> {

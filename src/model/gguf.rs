@@ -915,7 +915,7 @@ fn tensor_nbytes(t: &TensorInfo) -> Result<Option<u64>, String> {
         return Ok(None);
     };
     let ne0 = t.ne(0);
-    if ne0 % block != 0 {
+    if !ne0.is_multiple_of(block) {
         return Err(format!(
             "tensor {} has rows of {ne0} elements, not a multiple of its type's block size {block}",
             t.name

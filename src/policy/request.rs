@@ -1,0 +1,148 @@
+//! `Request`: everything the policy may look at for one proposed action.
+
+use serde::{Deserialize, Serialize};
+
+use super::Intent;
+use crate::input::Action;
+use crate::screen::MonitorInfo;
+
+/// A point as a fraction of its monitor: `(0, 0)` is the top-left corner, `(1, 1)` the
+/// bottom-right one. Region rules are written in these units so they survive resolution
+/// changes.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NormalizedPoint {
+    pub monitor: usize,
+    pub x: f64,
+    pub y: f64,
+}
+
+/// One proposed action and its context. It is recorded in every trace step, so a later policy
+/// can be replayed against it (`deskhand policy test`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    pub action: Action,
+    /// The active window's program name (the executable's file name), if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    /// The active window's title. Web pages set it, so rules use it as secondary evidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// Every point the action touches, on the monitor that holds it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub points: Vec<NormalizedPoint>,
+    /// What the model said the action is for.
+    #[serde(default = "other_intent")]
+    pub declared_intent: Intent,
+    /// Intents the runtime inferred itself; the policy adds its own inferences to these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inferred_intents: Vec<Intent>,
+    /// Names of detectors that fired on this action when it was proposed. A trace stores the
+    /// text redacted, so replays rely on these names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub detector_hits: Vec<String>,
+}
+
+fn other_intent() -> Intent {
+    Intent::Other
+}
+
+impl Request {
+    /// A request with no window context; fill the rest with the builder methods.
+    pub fn new(action: Action) -> Request {
+        Request {
+            action,
+            app: None,
+            title: None,
+            points: Vec::new(),
+            declared_intent: Intent::Other,
+            inferred_intents: Vec::new(),
+            detector_hits: Vec::new(),
+        }
+    }
+
+    pub fn with_window(mut self, app: Option<String>, title: Option<String>) -> Request {
+        self.app = app.filter(|a| !a.is_empty());
+        self.title = title.filter(|t| !t.is_empty());
+        self
+    }
+
+    pub fn with_intent(mut self, intent: Intent) -> Request {
+        self.declared_intent = intent;
+        self
+    }
+
+    /// Normalizes the action's screen points against the monitors that contain them. A point
+    /// on no monitor gets no entry, so no region rule can match it.
+    pub fn with_monitors(mut self, monitors: &[MonitorInfo]) -> Request {
+        self.points = self
+            .action
+            .points()
+            .into_iter()
+            .filter_map(|p| {
+                let m = monitors.iter().find(|m| m.contains(p))?;
+                Some(NormalizedPoint {
+                    monitor: m.index,
+                    x: (f64::from(p.x) - f64::from(m.x)) / f64::from(m.width.max(1)),
+                    y: (f64::from(p.y) - f64::from(m.y)) / f64::from(m.height.max(1)),
+                })
+            })
+            .collect();
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn monitor(index: usize, x: i32, y: i32, width: u32, height: u32) -> MonitorInfo {
+        MonitorInfo {
+            index,
+            name: format!("M{index}"),
+            x,
+            y,
+            width,
+            height,
+            scale_factor: 1.0,
+            primary: index == 0,
+        }
+    }
+
+    #[test]
+    fn points_are_normalized_to_the_monitor_that_holds_them() {
+        let monitors = [monitor(0, 0, 0, 1000, 500), monitor(1, 1000, 0, 2000, 1000)];
+        let request = Request::new(Action::Drag {
+            path: vec![[500, 250], [2000, 500], [5000, 5000]],
+        })
+        .with_monitors(&monitors);
+        assert_eq!(
+            request.points,
+            vec![
+                NormalizedPoint {
+                    monitor: 0,
+                    x: 0.5,
+                    y: 0.5
+                },
+                NormalizedPoint {
+                    monitor: 1,
+                    x: 0.5,
+                    y: 0.5
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn round_trips_through_json_and_defaults_the_intent() {
+        let request: Request =
+            serde_json::from_str(r#"{"action":{"action":"type","text":"hi"},"app":"xterm"}"#)
+                .unwrap();
+        assert_eq!(request.declared_intent, Intent::Other);
+        assert_eq!(request.app.as_deref(), Some("xterm"));
+        let back: Request =
+            serde_json::from_str(&serde_json::to_string(&request).unwrap()).unwrap();
+        assert_eq!(back, request);
+    }
+}

@@ -1,0 +1,117 @@
+//! A compiled rule and the facts it matches against.
+
+use regex::Regex;
+
+use super::{DetectorHit, Intent, NormalizedPoint, Remember, Verdict};
+
+/// What the engine worked out about one request; every rule matches against the same facts.
+pub(super) struct Facts<'a> {
+    pub kind: &'static str,
+    /// Lower case.
+    pub app: Option<String>,
+    pub title: &'a str,
+    /// The normalized chord of `key` and `hold_key`.
+    pub chord: Option<String>,
+    /// Declared and inferred, sorted, without duplicates.
+    pub intents: Vec<Intent>,
+    pub hits: Vec<DetectorHit>,
+    pub points: &'a [NormalizedPoint],
+}
+
+/// A named `[apps.NAME]` group.
+#[derive(Debug, Clone)]
+pub(super) struct AppGroup {
+    /// Lower case.
+    pub names: Vec<String>,
+    pub title: Option<Regex>,
+}
+
+#[derive(Debug, Clone)]
+pub(super) enum AppMatcher {
+    /// Lower case program name.
+    Program(String),
+    Group(AppGroup),
+}
+
+impl AppMatcher {
+    fn matches(&self, facts: &Facts) -> bool {
+        let is_named = |names: &[String]| {
+            facts
+                .app
+                .as_ref()
+                .is_some_and(|app| names.iter().any(|n| n == app))
+        };
+        match self {
+            AppMatcher::Program(name) => is_named(std::slice::from_ref(name)),
+            AppMatcher::Group(group) => {
+                is_named(&group.names)
+                    || group
+                        .title
+                        .as_ref()
+                        .is_some_and(|t| !facts.title.is_empty() && t.is_match(facts.title))
+            }
+        }
+    }
+}
+
+/// A rectangle in fractions of one monitor: `[left, top, right, bottom]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Region {
+    pub monitor: usize,
+    pub rect: [f64; 4],
+}
+
+impl Region {
+    fn contains(&self, p: &NormalizedPoint) -> bool {
+        let [left, top, right, bottom] = self.rect;
+        p.monitor == self.monitor && p.x >= left && p.x <= right && p.y >= top && p.y <= bottom
+    }
+}
+
+/// One `[[rule]]`. Every present field must match; within a list, any item may.
+#[derive(Debug, Clone)]
+pub(super) struct Rule {
+    pub id: String,
+    pub decision: Verdict,
+    pub reason: String,
+    pub remember: Remember,
+    pub line: usize,
+    pub actions: Option<Vec<String>>,
+    pub apps: Option<Vec<AppMatcher>>,
+    pub title: Option<Regex>,
+    pub intents: Option<Vec<Intent>>,
+    pub text_matches: Option<Vec<String>>,
+    pub keys: Option<Vec<String>>,
+    pub region: Option<Region>,
+}
+
+impl Rule {
+    pub fn matches(&self, facts: &Facts) -> bool {
+        let any = |list: &Option<Vec<String>>, value: Option<&str>| match list {
+            None => true,
+            Some(items) => value.is_some_and(|v| items.iter().any(|i| i == v)),
+        };
+        any(&self.actions, Some(facts.kind))
+            && self
+                .apps
+                .as_ref()
+                .is_none_or(|apps| apps.iter().any(|a| a.matches(facts)))
+            && self
+                .title
+                .as_ref()
+                .is_none_or(|t| !facts.title.is_empty() && t.is_match(facts.title))
+            && self
+                .intents
+                .as_ref()
+                .is_none_or(|wanted| wanted.iter().any(|i| facts.intents.contains(i)))
+            && self
+                .text_matches
+                .as_ref()
+                .is_none_or(|names| facts.hits.iter().any(|hit| names.contains(&hit.name)))
+            && any(&self.keys, facts.chord.as_deref())
+            && self
+                .region
+                .as_ref()
+                .is_none_or(|r| facts.points.iter().any(|p| r.contains(p)))
+    }
+}

@@ -1,0 +1,825 @@
+//! Tests of the whole check stage: match fields, precedence, layers, the floor, grants,
+//! budgets and locked mode, plus property tests of its guarantees.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::input::Action;
+
+const CARD: &str = "4111 1111 1111 1111";
+
+fn user_engine(text: &str) -> PolicyEngine {
+    layered_engine(None, text)
+}
+
+fn layered_engine(system: Option<&str>, user: &str) -> PolicyEngine {
+    let mut sources = Vec::new();
+    if let Some(system) = system {
+        sources.push((
+            Layer::System,
+            PathBuf::from("system.toml"),
+            system.to_owned(),
+        ));
+    }
+    sources.push((Layer::User, PathBuf::from("user.toml"), user.to_owned()));
+    match PolicyEngine::from_sources(sources) {
+        Ok(engine) => engine,
+        Err(errors) => panic!("policy did not load:\n{errors}"),
+    }
+}
+
+fn policy(preset: &str, rules: &str) -> String {
+    format!("schema_version = 1\npreset = \"{preset}\"\n{rules}")
+}
+
+fn action(json: &str) -> Action {
+    match Action::from_json(json) {
+        Ok(action) => action,
+        Err(e) => panic!("{json}: {e}"),
+    }
+}
+
+fn request(json: &str) -> Request {
+    Request::new(action(json))
+}
+
+fn typed(text: &str) -> Request {
+    Request::new(Action::Type { text: text.into() })
+}
+
+fn click() -> Request {
+    request(r#"{"action":"click","x":10,"y":10}"#)
+}
+
+fn key(chord: &str) -> Request {
+    Request::new(Action::Key {
+        chord: chord.into(),
+    })
+}
+
+fn in_app(request: Request, app: &str, title: Option<&str>) -> Request {
+    request.with_window(Some(app.into()), title.map(str::to_owned))
+}
+
+/// A one-rule policy under the permissive preset: the rule's deny shows whether it matched.
+fn deny_rule(fields: &str) -> PolicyEngine {
+    user_engine(&policy(
+        "permissive",
+        &format!(
+            "[apps.mail]\nnames = [\"thunderbird\"]\ntitle = \"gmail\"\n[detectors.ticket]\npattern = 'T-\\d{{4}}'\n[[rule]]\nid = \"r\"\ndecision = \"deny\"\nreason = \"test\"\n{fields}\n"
+        ),
+    ))
+}
+
+fn verdict(engine: &PolicyEngine, request: &Request) -> Verdict {
+    engine.decide(request).decision
+}
+
+#[test]
+fn action_field_matches_listed_kinds() {
+    let engine = deny_rule("action = [\"click\", \"scroll\"]");
+    assert_eq!(verdict(&engine, &click()), Verdict::Deny);
+    assert_eq!(verdict(&engine, &typed("hello")), Verdict::Allow);
+}
+
+#[test]
+fn app_field_matches_programs_and_groups_case_insensitively() {
+    let engine = deny_rule("app = [\"mail\", \"XTerm\"]");
+    assert_eq!(
+        verdict(&engine, &in_app(click(), "xterm", None)),
+        Verdict::Deny
+    );
+    assert_eq!(
+        verdict(&engine, &in_app(click(), "Thunderbird", None)),
+        Verdict::Deny
+    );
+    assert_eq!(
+        verdict(&engine, &in_app(click(), "firefox", Some("Inbox - GMAIL"))),
+        Verdict::Deny,
+        "a group's title regex counts as the app"
+    );
+    assert_eq!(
+        verdict(&engine, &in_app(click(), "code", None)),
+        Verdict::Allow
+    );
+    assert_eq!(
+        verdict(&engine, &click()),
+        Verdict::Allow,
+        "no app, no match"
+    );
+}
+
+#[test]
+fn title_field_is_a_case_insensitive_regex() {
+    let engine = deny_rule("title = \"^bank|online banking\"");
+    let with_title = |t: &str| in_app(click(), "firefox", Some(t));
+    assert_eq!(verdict(&engine, &with_title("Bank of X")), Verdict::Deny);
+    assert_eq!(
+        verdict(&engine, &with_title("My ONLINE Banking")),
+        Verdict::Deny
+    );
+    assert_eq!(
+        verdict(&engine, &with_title("Riverbank news")),
+        Verdict::Allow
+    );
+    assert_eq!(verdict(&engine, &click()), Verdict::Allow);
+}
+
+#[test]
+fn intent_field_sees_declared_and_inferred_intents() {
+    let engine = deny_rule("intent = [\"install\"]");
+    assert_eq!(
+        verdict(&engine, &click().with_intent(Intent::Install)),
+        Verdict::Deny
+    );
+    assert_eq!(
+        verdict(&engine, &typed("sudo apt install htop")),
+        Verdict::Deny,
+        "inferred from the text although the model said other"
+    );
+    assert_eq!(verdict(&engine, &click()), Verdict::Allow);
+}
+
+#[test]
+fn text_matches_field_uses_built_in_and_user_detectors() {
+    let engine = deny_rule("text_matches = [\"ticket\", \"iban\"]");
+    assert_eq!(verdict(&engine, &typed("see T-1234")), Verdict::Deny);
+    assert_eq!(
+        verdict(&engine, &typed("pay to GB82WEST12345698765432")),
+        Verdict::Deny
+    );
+    assert_eq!(verdict(&engine, &typed("see T-12")), Verdict::Allow);
+}
+
+#[test]
+fn keys_field_matches_normalized_chords() {
+    let engine = deny_rule("keys = [\"Control+Q\"]");
+    assert_eq!(verdict(&engine, &key("ctrl+q")), Verdict::Deny);
+    assert_eq!(verdict(&engine, &key("CTRL+q")), Verdict::Deny);
+    assert_eq!(
+        verdict(
+            &engine,
+            &Request::new(Action::HoldKey {
+                chord: "ctrl+q".into(),
+                ms: 100
+            })
+        ),
+        Verdict::Deny
+    );
+    assert_eq!(verdict(&engine, &key("ctrl+shift+q")), Verdict::Allow);
+}
+
+#[test]
+fn region_field_matches_points_on_its_monitor_only() {
+    let engine = deny_rule("region = { monitor = 1, rect = [0.0, 0.0, 0.5, 0.1] }");
+    let at = |monitor, x, y| {
+        let mut r = click();
+        r.points = vec![NormalizedPoint { monitor, x, y }];
+        r
+    };
+    assert_eq!(verdict(&engine, &at(1, 0.25, 0.05)), Verdict::Deny);
+    assert_eq!(verdict(&engine, &at(1, 0.75, 0.05)), Verdict::Allow);
+    assert_eq!(verdict(&engine, &at(0, 0.25, 0.05)), Verdict::Allow);
+    assert_eq!(
+        verdict(&engine, &click()),
+        Verdict::Allow,
+        "no point, no match"
+    );
+}
+
+#[test]
+fn fields_are_anded_within_a_rule() {
+    let engine = deny_rule("action = [\"type\"]\napp = [\"xterm\"]");
+    assert_eq!(
+        verdict(&engine, &in_app(typed("ls"), "xterm", None)),
+        Verdict::Deny
+    );
+    assert_eq!(
+        verdict(&engine, &in_app(click(), "xterm", None)),
+        Verdict::Allow
+    );
+    assert_eq!(
+        verdict(&engine, &in_app(typed("ls"), "code", None)),
+        Verdict::Allow
+    );
+}
+
+const THREE_WAY: [&str; 3] = [
+    "[[rule]]\nid = \"a\"\ndecision = \"allow\"\nreason = \"allow it\"\naction = [\"click\"]\n",
+    "[[rule]]\nid = \"b\"\ndecision = \"deny\"\nreason = \"deny it\"\naction = [\"click\"]\n",
+    "[[rule]]\nid = \"c\"\ndecision = \"ask\"\nreason = \"ask it\"\naction = [\"click\"]\n",
+];
+
+#[test]
+fn the_strictest_match_wins_whatever_the_order() {
+    for order in [[0, 1, 2], [2, 1, 0], [1, 0, 2], [2, 0, 1]] {
+        let rules: String = order.iter().map(|&i| THREE_WAY[i]).collect();
+        let decision = user_engine(&policy("permissive", &rules)).decide(&click());
+        assert_eq!(decision.decision, Verdict::Deny);
+        assert_eq!(decision.rule.as_deref(), Some("b"));
+        assert_eq!(decision.reason, "deny it");
+        assert_eq!(decision.matched.len(), 3, "every matching rule is reported");
+    }
+    let ask_and_allow = format!("{}{}", THREE_WAY[0], THREE_WAY[2]);
+    let decision = user_engine(&policy("permissive", &ask_and_allow)).decide(&click());
+    assert_eq!(decision.decision, Verdict::Ask);
+    assert_eq!(decision.rule.as_deref(), Some("c"));
+}
+
+#[test]
+fn decisions_name_their_file_and_line() {
+    let text = policy("permissive", THREE_WAY[1]);
+    let decision = user_engine(&text).decide(&click());
+    assert_eq!(decision.layer, Layer::User);
+    assert_eq!(decision.source, "user.toml:4");
+}
+
+#[test]
+fn defaults_apply_only_when_no_rule_matched_and_the_preset_after_them() {
+    let engine = user_engine(&policy(
+        "permissive",
+        "[defaults]\ntype = \"ask\"\n[[rule]]\nid = \"xterm-ok\"\ndecision = \"allow\"\nreason = \"ok\"\napp = [\"xterm\"]\n",
+    ));
+    let decision = engine.decide(&typed("hello"));
+    assert_eq!(decision.decision, Verdict::Ask);
+    assert_eq!(decision.layer, Layer::Defaults);
+    assert_eq!(decision.rule, None);
+    assert_eq!(decision.source, "user.toml:4");
+    assert_eq!(
+        verdict(&engine, &in_app(typed("hello"), "xterm", None)),
+        Verdict::Allow
+    );
+    let decision = engine.decide(&click());
+    assert_eq!(decision.decision, Verdict::Allow);
+    assert_eq!(decision.layer, Layer::Preset);
+    assert_eq!(decision.source, "user.toml:2");
+}
+
+#[test]
+fn presets_decide_what_nothing_else_did() {
+    let decide =
+        |preset: &str, request: &Request| verdict(&user_engine(&policy(preset, "")), request);
+    assert_eq!(decide("strict", &click()), Verdict::Ask);
+    assert_eq!(decide("balanced", &click()), Verdict::Allow);
+    assert_eq!(decide("permissive", &click()), Verdict::Allow);
+    assert_eq!(
+        decide("strict", &request(r#"{"action":"wait","ms":5}"#)),
+        Verdict::Allow
+    );
+    let iban = typed("GB82WEST12345698765432");
+    assert_eq!(decide("balanced", &iban), Verdict::Ask);
+    assert_eq!(decide("permissive", &iban), Verdict::Allow);
+}
+
+#[test]
+fn the_floor_denies_secrets_and_session_chords_whatever_the_rules_say() {
+    let allow_all = policy(
+        "permissive",
+        "[[rule]]\nid = \"yes\"\ndecision = \"allow\"\nreason = \"anything\"\n",
+    );
+    let engine = user_engine(&allow_all);
+    let decision = engine.decide(&typed(&format!("card: {CARD}")));
+    assert_eq!(decision.decision, Verdict::Deny);
+    assert_eq!(decision.rule.as_deref(), Some("floor.secret_text"));
+    assert_eq!(decision.layer, Layer::Floor);
+    for chord in ["ctrl+alt+BackSpace", "super+l", "ctrl+alt+f3", "alt+Print"] {
+        let decision = engine.decide(&key(chord));
+        assert_eq!(decision.decision, Verdict::Deny, "{chord}");
+        assert_eq!(decision.rule.as_deref(), Some("floor.session_chord"));
+    }
+    let password = in_app(
+        typed("hunter2"),
+        "pinentry-gnome3",
+        Some("Enter passphrase"),
+    );
+    assert_eq!(verdict(&engine, &password), Verdict::Deny);
+}
+
+#[test]
+fn the_floor_asks_for_risky_intents_and_never_remembers() {
+    let engine = user_engine(&policy(
+        "permissive",
+        "[[rule]]\nid = \"yes\"\ndecision = \"allow\"\nreason = \"anything\"\n",
+    ));
+    for intent in [
+        Intent::SendEmail,
+        Intent::SendMessage,
+        Intent::Purchase,
+        Intent::Payment,
+        Intent::Delete,
+    ] {
+        let decision = engine.decide(&click().with_intent(intent));
+        assert_eq!(decision.decision, Verdict::Ask, "{intent}");
+        assert_eq!(decision.rule.as_deref(), Some("floor.risky_intent"));
+        assert!(!decision.rememberable);
+    }
+}
+
+#[test]
+fn declared_intent_can_only_raise_risk() {
+    let engine = user_engine(&policy("permissive", ""));
+    let sneaky = typed("echo hi | mail -s hi boss@example.com\n").with_intent(Intent::Other);
+    let decision = engine.decide(&sneaky);
+    assert_eq!(decision.decision, Verdict::Ask);
+    assert_eq!(decision.intents, vec![Intent::SendEmail]);
+    let composer = in_app(click(), "thunderbird", Some("Write: hello"));
+    assert_eq!(verdict(&engine, &composer), Verdict::Ask);
+}
+
+#[test]
+fn a_lower_layer_cannot_relax_a_higher_one() {
+    let system = policy(
+        "strict",
+        "[[rule]]\nid = \"sys-no-terminal\"\ndecision = \"deny\"\nreason = \"no terminals here\"\napp = [\"xterm\"]\n[[rule]]\nid = \"sys-ask-keys\"\ndecision = \"ask\"\nreason = \"keys ask\"\naction = [\"key\"]\n",
+    );
+    let user = policy(
+        "permissive",
+        "[[rule]]\nid = \"user-yes\"\ndecision = \"allow\"\nreason = \"I trust it\"\n",
+    );
+    let engine = layered_engine(Some(&system), &user);
+    let decision = engine.decide(&in_app(typed("ls"), "xterm", None));
+    assert_eq!(decision.decision, Verdict::Deny);
+    assert_eq!(decision.layer, Layer::System);
+    assert_eq!(decision.rule.as_deref(), Some("sys-no-terminal"));
+    let decision = engine.decide(&key("ctrl+c"));
+    assert_eq!(decision.decision, Verdict::Ask);
+    assert_eq!(decision.source, "system.toml:9");
+    // With no rule matching, the stricter file's preset still counts.
+    let engine = layered_engine(Some(&policy("strict", "")), &policy("permissive", ""));
+    assert_eq!(verdict(&engine, &click()), Verdict::Ask);
+    // And a user deny holds against a system allow.
+    let engine = layered_engine(
+        Some(&policy(
+            "permissive",
+            "[[rule]]\nid = \"sys-yes\"\ndecision = \"allow\"\nreason = \"ok\"\n",
+        )),
+        &policy(
+            "permissive",
+            "[[rule]]\nid = \"user-no\"\ndecision = \"deny\"\nreason = \"mine\"\naction = [\"click\"]\n",
+        ),
+    );
+    assert_eq!(verdict(&engine, &click()), Verdict::Deny);
+}
+
+#[test]
+fn rule_ids_must_differ_across_files() {
+    let rule = "[[rule]]\nid = \"same\"\ndecision = \"ask\"\nreason = \"r\"\n";
+    let errors = PolicyEngine::from_sources(vec![
+        (Layer::System, "system.toml".into(), policy("strict", rule)),
+        (Layer::User, "user.toml".into(), policy("strict", rule)),
+    ])
+    .unwrap_err();
+    assert_eq!(errors.0.len(), 1);
+    assert!(
+        errors.0[0]
+            .to_string()
+            .starts_with("user.toml:4:1: duplicate rule id 'same'")
+    );
+}
+
+fn grant(rule: &str, app: Option<&str>, action: &str, intent: Intent) -> Grant {
+    Grant::new(
+        GrantScope {
+            rule: rule.into(),
+            app: app.map(str::to_owned),
+            action: action.into(),
+            intent,
+        },
+        SystemTime::now(),
+        None,
+    )
+}
+
+const ASK_TERMINAL: &str = "[[rule]]\nid = \"terminal\"\ndecision = \"ask\"\nreason = \"terminal typing\"\napp = [\"xterm\"]\n[[rule]]\nid = \"no-rm\"\ndecision = \"deny\"\nreason = \"no rm\"\ntitle = \"danger\"\n[[rule]]\nid = \"never\"\ndecision = \"ask\"\nreason = \"every time\"\nremember = \"never\"\naction = [\"key\"]\n";
+
+#[test]
+fn a_grant_turns_a_matching_ask_into_allow_and_nothing_else() {
+    let base = user_engine(&policy("permissive", ASK_TERMINAL));
+    let ls = in_app(typed("ls"), "xterm", None);
+    assert_eq!(verdict(&base, &ls), Verdict::Ask);
+
+    let engine = base.clone().with_grants(vec![grant(
+        "terminal",
+        Some("XTerm"),
+        "type",
+        Intent::Other,
+    )]);
+    let decision = engine.decide(&ls);
+    assert_eq!(decision.decision, Verdict::Allow);
+    assert_eq!(decision.layer, Layer::Grants);
+    assert_eq!(decision.rule.as_deref(), Some("terminal"));
+    assert_eq!(decision.grants.len(), 1);
+
+    // Narrow scope: another app, action kind or intent is not covered.
+    assert_eq!(
+        verdict(&engine, &in_app(typed("ls"), "konsole", None)),
+        Verdict::Allow
+    );
+    assert_eq!(
+        verdict(&engine, &in_app(click(), "xterm", None)),
+        Verdict::Ask
+    );
+    assert_eq!(
+        verdict(&engine, &in_app(typed("pip install x"), "xterm", None)),
+        Verdict::Ask
+    );
+    // A grant never lifts a deny, a remember = "never" ask, or the floor.
+    let danger = in_app(typed("ls"), "xterm", Some("danger zone"));
+    assert_eq!(verdict(&engine, &danger), Verdict::Deny);
+    let engine = base.clone().with_grants(vec![
+        grant("never", None, "key", Intent::Other),
+        grant("floor.risky_intent", Some("xterm"), "type", Intent::Delete),
+        grant("terminal", Some("xterm"), "type", Intent::Delete),
+    ]);
+    assert_eq!(verdict(&engine, &key("ctrl+c")), Verdict::Ask);
+    assert_eq!(
+        verdict(&engine, &in_app(typed("rm -r x"), "xterm", None)),
+        Verdict::Ask
+    );
+}
+
+#[test]
+fn an_expired_grant_grants_nothing() {
+    let mut old = grant("terminal", Some("xterm"), "type", Intent::Other);
+    old.expires = Some(
+        humantime::format_rfc3339_seconds(SystemTime::now() - Duration::from_secs(5)).to_string(),
+    );
+    let engine = user_engine(&policy("permissive", ASK_TERMINAL)).with_grants(vec![old]);
+    assert_eq!(
+        verdict(&engine, &in_app(typed("ls"), "xterm", None)),
+        Verdict::Ask
+    );
+}
+
+#[test]
+fn answers_become_session_grants_and_remembered_grants() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = GrantStore::new(dir.path().join("grants.toml"));
+    let engine = user_engine(&policy("permissive", ASK_TERMINAL));
+    let mut checker = Checker::new(engine.clone(), Some(store.clone()));
+    let ls = in_app(typed("ls"), "xterm", None);
+
+    let asked = checker.check(&ls);
+    assert_eq!(asked.decision, Verdict::Ask);
+    assert_eq!(
+        checker.answer(&ls, &asked, Answer::Once).unwrap(),
+        Verdict::Allow
+    );
+    assert_eq!(checker.check(&ls).decision, Verdict::Ask, "once is once");
+
+    assert_eq!(
+        checker.answer(&ls, &asked, Answer::Session).unwrap(),
+        Verdict::Allow
+    );
+    let decision = checker.check(&ls);
+    assert_eq!(decision.decision, Verdict::Allow);
+    assert_eq!(decision.layer, Layer::Session);
+    assert!(
+        store.load().unwrap().is_empty(),
+        "session answers are not written"
+    );
+
+    let mut checker = Checker::new(engine.clone(), Some(store.clone()));
+    let asked = checker.check(&ls);
+    assert_eq!(
+        checker.answer(&ls, &asked, Answer::Always).unwrap(),
+        Verdict::Allow
+    );
+    let written = store.load().unwrap();
+    assert_eq!(written.len(), 1);
+    assert_eq!(written[0].rule, "terminal");
+    assert_eq!(written[0].app.as_deref(), Some("xterm"));
+    assert_eq!(written[0].action, "type");
+    // A new run reads the grant back.
+    let reloaded = engine.with_grants(store.load().unwrap());
+    assert_eq!(reloaded.decide(&ls).layer, Layer::Grants);
+
+    // Floor asks and remember = "never" cannot be granted at all.
+    let never = key("ctrl+c");
+    let asked = checker.check(&never);
+    assert!(matches!(
+        checker.answer(&never, &asked, Answer::Always),
+        Err(AnswerError::NotRememberable(_))
+    ));
+    assert!(matches!(
+        checker.answer(&never, &asked, Answer::Session),
+        Err(AnswerError::NotRememberable(_))
+    ));
+    assert_eq!(store.load().unwrap().len(), 1);
+}
+
+#[test]
+fn a_spent_budget_pauses_with_an_ask_and_once_continues() {
+    let engine = user_engine(&policy(
+        "permissive",
+        "[budgets]\nsteps_per_task = 2\nidentical_actions = 10\n",
+    ));
+    let mut checker = Checker::new(engine, None);
+    let t0 = Instant::now();
+    let step = click();
+    for _ in 0..2 {
+        let decision = checker.check_at(&step, t0);
+        assert_eq!(decision.decision, Verdict::Allow);
+        checker.executed(&step, &decision);
+    }
+    let paused = checker.check_at(&step, t0);
+    assert_eq!(paused.decision, Verdict::Ask);
+    assert_eq!(paused.layer, Layer::Budget);
+    assert!(!paused.rememberable);
+    assert!(paused.reason.contains("2 steps"), "{}", paused.reason);
+    assert!(
+        paused
+            .matched
+            .iter()
+            .any(|m| m.id == "budget.steps_per_task")
+    );
+    assert_eq!(
+        checker.answer_at(&step, &paused, Answer::Once, t0).unwrap(),
+        Verdict::Allow
+    );
+    assert_eq!(checker.check_at(&step, t0).decision, Verdict::Allow);
+    // A budget never overrides a deny into an ask.
+    let denied = typed(CARD);
+    assert_eq!(checker.check_at(&denied, t0).decision, Verdict::Deny);
+}
+
+#[test]
+fn a_broken_policy_locks_everything_but_observing_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let user = dir.path().join("policy.toml");
+    std::fs::write(&user, "schema_version = 1\npreset = \"balanced\"\n[[rule]]\nid = \"x\"\ndecision = \"allow\"\nreason = \"r\"\ntitle = \"(\"\n").unwrap();
+    let paths = PolicyPaths {
+        system: None,
+        user: user.clone(),
+        grants: dir.path().join("grants.toml"),
+    };
+    let engine = PolicyEngine::load(&paths);
+    let errors = engine.locked_by().expect("a bad regex locks the policy");
+    assert!(errors.to_string().contains("policy.toml:7:9:"), "{errors}");
+    let decision = engine.decide(&click());
+    assert_eq!(decision.decision, Verdict::Deny);
+    assert_eq!(decision.layer, Layer::Locked);
+    assert!(decision.reason.contains("locked"));
+    for inert in [
+        r#"{"action":"wait","ms":100}"#,
+        r#"{"action":"fail","reason":"policy is broken"}"#,
+        r#"{"action":"done","summary":"nothing"}"#,
+    ] {
+        assert_eq!(
+            engine.decide(&request(inert)).decision,
+            Verdict::Allow,
+            "{inert}"
+        );
+    }
+}
+
+#[test]
+fn no_policy_file_means_the_strict_preset_and_a_note() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = PolicyPaths {
+        system: Some(dir.path().join("absent-system.toml")),
+        user: dir.path().join("absent.toml"),
+        grants: dir.path().join("grants.toml"),
+    };
+    let engine = PolicyEngine::try_load(&paths).unwrap();
+    assert!(engine.locked_by().is_none());
+    assert!(engine.notes()[0].contains("deskhand policy init"));
+    let decision = engine.decide(&click());
+    assert_eq!(decision.decision, Verdict::Ask);
+    assert_eq!(decision.layer, Layer::Preset);
+    assert_eq!(decision.source, "built-in");
+}
+
+#[test]
+fn a_failing_example_is_an_error_at_its_position() {
+    let text = policy(
+        "balanced",
+        "[[rule]]\nid = \"t\"\ndecision = \"ask\"\nreason = \"terminal\"\napp = [\"xterm\"]\n\n  [[rule.example]]\n  action = { action = \"type\", text = \"ls\" }\n  app = \"code\"\n  expect = \"ask\"\n",
+    );
+    let errors = PolicyEngine::from_sources(vec![(Layer::User, "user.toml".into(), text)])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        errors.starts_with(
+            "user.toml:9:3: example of rule 't' expects ask, but the policy decides allow"
+        ),
+        "{errors}"
+    );
+}
+
+#[test]
+fn the_starter_policy_loads_and_its_examples_pass_under_every_preset() {
+    for preset in Preset::ALL {
+        let engine = user_engine(&starter_policy(preset));
+        assert!(engine.example_count() >= 4);
+        assert!(engine.rule_count() >= 5);
+        assert_eq!(engine.files()[0].1, preset);
+    }
+}
+
+#[test]
+fn decisions_serialize_with_decision_and_rule_and_never_the_secret() {
+    let engine = user_engine(&policy("balanced", ""));
+    let decision = engine.decide(&typed(&format!("pay with {CARD} now")));
+    let json: serde_json::Value = serde_json::to_value(&decision).unwrap();
+    assert_eq!(json["decision"], "deny");
+    assert_eq!(json["rule"], "floor.secret_text");
+    assert_eq!(json["detector_hits"][0]["name"], "card_number");
+    let text = json.to_string();
+    assert!(!text.contains("4111"), "{text}");
+    let json = serde_json::to_value(engine.decide(&click())).unwrap();
+    assert_eq!(json["rule"], serde_json::Value::Null);
+}
+
+#[test]
+fn recorded_detector_hits_count_on_replay_after_redaction() {
+    let engine = user_engine(&policy("permissive", ""));
+    let mut replayed = typed("pay with [redacted:card_number]");
+    replayed.detector_hits = vec!["card_number".into()];
+    assert_eq!(verdict(&engine, &replayed), Verdict::Deny);
+}
+
+// Property tests over generated policies and requests.
+
+const KINDS: [&str; 4] = ["click", "type", "key", "scroll"];
+const APPS: [&str; 3] = ["xterm", "code", "thunderbird"];
+const INTENTS: [&str; 4] = ["other", "delete", "send_email", "login"];
+const CHORDS: [&str; 3] = ["ctrl+c", "ctrl+alt+backspace", "return"];
+
+fn subset(pool: &'static [&'static str]) -> impl Strategy<Value = Option<Vec<&'static str>>> {
+    proptest::option::of(proptest::sample::subsequence(pool, 1..=pool.len()))
+}
+
+fn list(items: &[&str]) -> String {
+    let quoted: Vec<String> = items.iter().map(|i| format!("\"{i}\"")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+fn arb_rule_body() -> impl Strategy<Value = (Verdict, String)> {
+    (
+        prop_oneof![
+            Just(Verdict::Allow),
+            Just(Verdict::Ask),
+            Just(Verdict::Deny)
+        ],
+        any::<bool>(),
+        subset(&KINDS),
+        subset(&APPS),
+        subset(&INTENTS),
+        subset(&CHORDS),
+        proptest::option::of(prop_oneof![Just("gmail"), Just("terminal")]),
+    )
+        .prop_map(|(decision, never, kinds, apps, intents, chords, title)| {
+            let mut body = format!("decision = \"{decision}\"\nreason = \"generated\"\n");
+            if never {
+                body.push_str("remember = \"never\"\n");
+            }
+            for (key, value) in [
+                ("action", kinds),
+                ("app", apps),
+                ("intent", intents),
+                ("keys", chords),
+            ] {
+                if let Some(items) = value {
+                    body.push_str(&format!("{key} = {}\n", list(&items)));
+                }
+            }
+            if let Some(title) = title {
+                body.push_str(&format!("title = \"{title}\"\n"));
+            }
+            (decision, body)
+        })
+}
+
+fn arb_policy() -> impl Strategy<Value = String> {
+    (
+        prop_oneof![Just("strict"), Just("balanced"), Just("permissive")],
+        proptest::option::of(prop_oneof![Just("allow"), Just("ask")]),
+        proptest::collection::vec(arb_rule_body(), 0..6),
+    )
+        .prop_map(|(preset, default_type, rules)| {
+            let mut text = policy(preset, "");
+            if let Some(default_type) = default_type {
+                text.push_str(&format!("[defaults]\ntype = \"{default_type}\"\n"));
+            }
+            for (i, (_, body)) in rules.iter().enumerate() {
+                text.push_str(&format!("[[rule]]\nid = \"r{i}\"\n{body}"));
+            }
+            text
+        })
+}
+
+fn arb_request() -> impl Strategy<Value = Request> {
+    let actions = prop_oneof![
+        Just(Action::Click {
+            x: 5,
+            y: 5,
+            button: Default::default()
+        }),
+        Just(Action::Type { text: "ls".into() }),
+        Just(Action::Type {
+            text: "rm -rf /tmp/x".into()
+        }),
+        Just(Action::Type {
+            text: format!("card {CARD}")
+        }),
+        Just(Action::Key {
+            chord: "ctrl+c".into()
+        }),
+        Just(Action::Key {
+            chord: "ctrl+alt+backspace".into()
+        }),
+        Just(Action::Key {
+            chord: "Return".into()
+        }),
+        Just(Action::Scroll {
+            x: 5,
+            y: 5,
+            dx: 0,
+            dy: 2
+        }),
+    ];
+    (
+        actions,
+        proptest::option::of(proptest::sample::select(&APPS[..])),
+        proptest::option::of(prop_oneof![Just("Inbox - Gmail"), Just("Terminal")]),
+        proptest::sample::select(&Intent::ALL[..]),
+    )
+        .prop_map(|(action, app, title, intent)| {
+            Request::new(action)
+                .with_window(app.map(str::to_owned), title.map(str::to_owned))
+                .with_intent(intent)
+        })
+}
+
+fn arb_grants() -> impl Strategy<Value = Vec<Grant>> {
+    let rule_ids = prop_oneof![
+        Just("r0".to_owned()),
+        Just("r1".to_owned()),
+        Just("r2".to_owned()),
+        Just("defaults.type".to_owned()),
+        Just("preset.strict.click".to_owned()),
+        Just("preset.strict.type".to_owned()),
+        Just("floor.risky_intent".to_owned()),
+    ];
+    proptest::collection::vec(
+        (
+            rule_ids,
+            proptest::option::of(proptest::sample::select(&APPS[..])),
+            proptest::sample::select(&KINDS[..]),
+            proptest::sample::select(&Intent::ALL[..]),
+        )
+            .prop_map(|(rule, app, action, intent)| grant(&rule, app, action, intent)),
+        0..8,
+    )
+}
+
+/// Generated files are always valid (and have no examples), so a load failure is a bug.
+fn generated_engine(text: &str) -> PolicyEngine {
+    match PolicyEngine::from_sources(vec![(Layer::User, "gen.toml".into(), text.to_owned())]) {
+        Ok(engine) => engine,
+        Err(errors) => panic!("generated policy failed to load: {errors}\n{text}"),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn floor_actions_are_never_allowed(text in arb_policy(), grants in arb_grants(), base in arb_request()) {
+        let engine = generated_engine(&text).with_grants(grants);
+        let secret = Request { action: Action::Type { text: format!("my card {CARD}") }, ..base.clone() };
+        prop_assert_eq!(engine.decide(&secret).decision, Verdict::Deny);
+        let chord = Request { action: Action::Key { chord: "ctrl+alt+backspace".into() }, ..base.clone() };
+        prop_assert_eq!(engine.decide(&chord).decision, Verdict::Deny);
+        for intent in Intent::ALL.into_iter().filter(|i| i.is_floor()) {
+            let risky = base.clone().with_intent(intent);
+            prop_assert_ne!(engine.decide(&risky).decision, Verdict::Allow);
+        }
+    }
+
+    #[test]
+    fn adding_a_deny_or_ask_rule_never_relaxes_a_decision(
+        text in arb_policy(),
+        extra in arb_rule_body().prop_filter("deny or ask", |(d, _)| *d != Verdict::Allow),
+        grants in arb_grants(),
+        request in arb_request(),
+    ) {
+        let before = generated_engine(&text);
+        let after = generated_engine(&format!("{text}[[rule]]\nid = \"extra\"\n{}", extra.1));
+        let before = before.with_grants(grants.clone()).decide(&request);
+        let after = after.with_grants(grants).decide(&request);
+        prop_assert!(after.decision >= before.decision, "{:?} then {:?}", before, after);
+    }
+
+    #[test]
+    fn a_grant_only_turns_ask_into_allow(text in arb_policy(), grants in arb_grants(), request in arb_request()) {
+        let engine = generated_engine(&text);
+        let without = engine.decide(&request).decision;
+        let with = engine.with_grants(grants).decide(&request).decision;
+        prop_assert!(with == without || (without == Verdict::Ask && with == Verdict::Allow), "{:?} became {:?}", without, with);
+    }
+}
