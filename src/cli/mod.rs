@@ -2,6 +2,7 @@
 
 pub mod models;
 pub mod policy;
+pub mod run;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -56,6 +57,9 @@ pub enum Command {
     /// Download, add, list and verify vision models.
     #[command(subcommand)]
     Models(models::ModelsCommand),
+    /// Do a task: see, think, check and act until it is done, recording every step.
+    #[command(after_help = run::RUN_EXAMPLES)]
+    Run(run::RunArgs),
     /// Write, check and explain the policy that decides every action; manage grants.
     Policy(policy::PolicyArgs),
     /// Measure deskhand against baselines.
@@ -191,6 +195,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Act(args) => act(display, &args),
         Command::Models(cmd) => models::run(&cmd),
         Command::Policy(args) => policy::run(&args, display),
+        Command::Run(args) => run::run(&args, display),
         Command::Bench(BenchCommand::Capture(args)) => bench::capture(display, &args),
         Command::Bench(BenchCommand::Model(args)) => bench::model(&args),
         Command::Bench(BenchCommand::Policy(args)) => bench::policy(&args),

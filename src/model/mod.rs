@@ -10,7 +10,7 @@ pub mod tiny;
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::input::Action;
@@ -33,7 +33,7 @@ pub struct Prompt<'a> {
 }
 
 /// How long each part of a reply took, and how much work it was.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Timings {
     pub image_encode_ms: f64,
     pub image_tokens: usize,

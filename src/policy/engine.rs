@@ -5,7 +5,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::file::{self, Layer, PolicyFile};
@@ -18,7 +18,7 @@ use super::{
 use crate::input::Action;
 
 /// One rule (or default, preset entry, floor rule, budget) that applied to a request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Match {
     /// The rule's id; built-in entries use reserved prefixes: `floor.`, `defaults.`,
     /// `preset.`, `budget.`.
@@ -33,7 +33,7 @@ pub struct Match {
 }
 
 /// The policy's answer for one request, with everything needed to explain it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
     pub decision: Verdict,
     /// The deciding rule's id; `None` when a default, the preset, a budget or locked mode
@@ -52,7 +52,7 @@ pub struct Decision {
     /// Declared and inferred intents together.
     pub intents: Vec<Intent>,
     /// Grants that turned an ask into this allow.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub grants: Vec<String>,
 }
 
@@ -694,7 +694,7 @@ fn locked_decision(errors: &PolicyErrors, action: &Action) -> Decision {
 }
 
 /// How the person answered an ask.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Answer {
     /// Allow this one action.
@@ -726,6 +726,8 @@ pub trait Policy {
     ) -> Result<Verdict, AnswerError>;
     /// Counts an action that ran, for the budgets.
     fn executed(&mut self, request: &Request, decision: &Decision);
+    /// `text` with everything a detector flags replaced by `[redacted:NAME]`, for traces.
+    fn redact(&self, text: &str) -> String;
 }
 
 /// The engine plus the state of one task: budgets, session answers and the grant file.
@@ -847,5 +849,9 @@ impl Policy for Checker {
     fn executed(&mut self, request: &Request, decision: &Decision) {
         self.budgets
             .record(&request.action, &decision.intents, Instant::now());
+    }
+
+    fn redact(&self, text: &str) -> String {
+        self.engine.detectors().redact(text)
     }
 }

@@ -20,6 +20,7 @@ use x11rb::rust_connection::RustConnection;
 
 use super::{
     ActiveWindow, Frame, FrameTarget, MonitorInfo, PixelOrder, RawCapture, Screen, ScreenError,
+    ScreenPoint,
 };
 
 fn protocol<E: std::fmt::Display>(e: E) -> ScreenError {
@@ -124,6 +125,20 @@ impl X11Screen {
 
     pub fn display_name(&self) -> &str {
         &self.display
+    }
+
+    /// Where the real pointer is, in physical screen pixels.
+    pub fn pointer(&self) -> Result<ScreenPoint, ScreenError> {
+        let reply = self
+            .conn
+            .query_pointer(self.root)
+            .map_err(protocol)?
+            .reply()
+            .map_err(protocol)?;
+        Ok(ScreenPoint::new(
+            i32::from(reply.root_x),
+            i32::from(reply.root_y),
+        ))
     }
 
     /// Physical pixels per logical pixel, from the Xft.dpi resource the desktop sets (96 dpi

@@ -1,0 +1,357 @@
+//! `deskhand run "TASK"`: the main job. Wires the real stages together and hands them to the
+//! loop in `crate::agent`. Opens no network sockets: models come from disk only.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use clap::Args;
+
+use crate::agent::{self, Guards, LOCKED_EXIT_CODE, RunOptions, ScriptBackend, Stages, TerminalUser};
+use crate::cli::{Failure, bad_input};
+use crate::input::{
+    ABORT_EXIT_CODE, AbortReason, AbortSignal, EnigoDevice, Executor, Hands, exit_on_signals,
+    in_corner_zone,
+};
+use crate::model::family::FamilyId;
+use crate::model::llama::{EngineConfig, LlamaEngine};
+use crate::model::store::{Store, StoreConfig, check_pair, guess_family};
+use crate::model::Backend;
+use crate::policy::{Checker, GrantStore, PolicyEngine, PolicyPaths};
+use crate::screen::{FrameTarget, Screen, SettleOptions, X11Screen};
+use crate::trace::{Recorder, RunEnd, TraceLine, TraceWriter, now_rfc3339, runs_dir};
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// What to do, in plain words.
+    pub task: String,
+    /// An installed model's name (`deskhand models list`) or a GGUF file (with --mmproj).
+    #[arg(long, value_name = "NAME|PATH")]
+    pub model: Option<String>,
+    /// The vision projector for a --model given as a path.
+    #[arg(long, value_name = "PATH")]
+    pub mmproj: Option<PathBuf>,
+    /// The model family for a --model given as a path (guessed from the GGUF otherwise).
+    #[arg(long, value_name = "FAMILY")]
+    pub family: Option<FamilyId>,
+    /// Take actions from a JSONL file of actions instead of a model (replays, tests).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["model", "mmproj", "family"])]
+    pub script: Option<PathBuf>,
+    /// The policy file (default ~/.config/deskhand/policy.toml or $DESKHAND_POLICY).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Stop after this many steps.
+    #[arg(long, default_value_t = 30, value_name = "N")]
+    pub max_steps: u32,
+    /// Frames in each prompt: the current one and up to N-1 earlier ones.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub images: usize,
+    /// The monitor to work on (default: the primary one); see `deskhand monitors`.
+    #[arg(long, value_name = "N")]
+    pub monitor: Option<usize>,
+    /// Decide every action but execute none.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Answer the policy's asks with "once", except the floor's (those still ask you).
+    #[arg(long)]
+    pub yes: bool,
+    /// Stop the run after this many seconds.
+    #[arg(long, default_value_t = 1800, value_name = "SECS")]
+    pub timeout: u64,
+    /// Do not abort when the pointer is parked in a screen corner.
+    #[arg(long)]
+    pub no_failsafe: bool,
+}
+
+pub const RUN_EXAMPLES: &str = r#"Examples:
+  deskhand run "open the calculator and compute 7 times 6"
+  deskhand run "rename the file on the desktop to notes.txt" --dry-run
+  deskhand run "fill in the form" --script steps.jsonl --policy ./policy.toml
+
+Exit codes: 0 done; 1 failed or stopped by a guard; 2 bad input (no model, bad script);
+3 the policy is broken (deskhand is locked); 130 aborted (Ctrl-C, SIGTERM, pointer in a
+screen corner). Each run is recorded under ~/.local/share/deskhand/runs/ (DESKHAND_RUNS_DIR):
+trace.jsonl, the frames and report.html."#;
+
+/// A catalog model worth suggesting to someone with none installed.
+const RECOMMENDED_MODEL: &str = "ui-tars-1.5-7b";
+
+pub fn run(args: &RunArgs, display: Option<&str>) -> Result<(), Failure> {
+    if args.images == 0 {
+        return Err(bad_input(anyhow!("--images must be at least 1")));
+    }
+    // Policy first: a broken one stops everything before a model is loaded.
+    let mut paths = PolicyPaths::from_env()?;
+    if let Some(policy) = &args.policy {
+        paths.user = policy.clone();
+    }
+    let engine = PolicyEngine::load(&paths);
+    if let Some(errors) = engine.locked_by() {
+        for error in &errors.0 {
+            eprintln!("{error}");
+        }
+        return Err(Failure {
+            code: LOCKED_EXIT_CODE as u8,
+            error: anyhow!(
+                "the policy is broken, so deskhand is locked and will not act; fix it (`deskhand policy check`)"
+            ),
+        });
+    }
+    for note in engine.notes() {
+        eprintln!("note: {note}");
+    }
+    let policy_label = engine
+        .files()
+        .iter()
+        .map(|(p, preset)| format!("{} (preset {preset})", p.display()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut checker = Checker::new(engine, Some(GrantStore::new(&paths.grants)));
+
+    // The engine: a script, or a model from disk.
+    let loaded;
+    let mut session;
+    let mut script;
+    let (backend, system_prompt, frame_target, engine_label): (
+        &mut dyn Backend,
+        String,
+        FrameTarget,
+        String,
+    ) = match &args.script {
+        Some(path) => {
+            script = ScriptBackend::load(path).map_err(|e| bad_input(anyhow!(e)))?;
+            (
+                &mut script,
+                String::new(),
+                // A script reads no pixels; the frames are for the record only.
+                FrameTarget::Original,
+                format!("script {}", path.display()),
+            )
+        }
+        None => {
+            let (config, label) = engine_config(args)?;
+            eprintln!("loading {label}...");
+            loaded = LlamaEngine::load(config)?;
+            session = loaded.session()?;
+            (
+                &mut session,
+                loaded.family().system_prompt().to_owned(),
+                loaded.frame_target(),
+                label,
+            )
+        }
+    };
+
+    let mut screen = X11Screen::connect(display)?;
+    let monitors = screen.monitors()?;
+    let monitor = screen.monitor(args.monitor)?;
+    let abort = AbortSignal::new();
+    let device = EnigoDevice::connect(display)?;
+    let mut hands = Executor::new(device, monitors.clone(), abort.clone(), !args.no_failsafe);
+    let mut recorder = TraceWriter::create(&runs_dir()?)?;
+    let trace_path = recorder
+        .dir()
+        .map(|d| d.join("trace.jsonl"))
+        .unwrap_or_default();
+
+    // Ctrl-C, SIGTERM and the corner failsafe stop the process from their own threads, even
+    // mid-decode: release everything held, note the abort in the trace, exit 130.
+    let release = hands.releaser();
+    let stop: Arc<dyn Fn(AbortReason) -> usize + Send + Sync> = {
+        let trace_path = trace_path.clone();
+        Arc::new(move |reason: AbortReason| {
+            let released = release();
+            append_abort(&trace_path, reason);
+            released
+        })
+    };
+    {
+        let stop = stop.clone();
+        let signal = abort.clone();
+        exit_on_signals(
+            abort.clone(),
+            Arc::new(move || stop(signal.reason().unwrap_or(AbortReason::Interrupt))),
+        )?;
+    }
+    if !args.no_failsafe {
+        watch_corners(display, monitors.clone(), abort.clone(), stop.clone());
+    }
+
+    let options = RunOptions {
+        task: args.task.clone(),
+        system_prompt,
+        images: args.images,
+        dry_run: args.dry_run,
+        yes: args.yes,
+        frame_target,
+        settle: SettleOptions::default(),
+        guards: Guards {
+            max_steps: args.max_steps,
+            timeout: Duration::from_secs(args.timeout),
+            ..Guards::default()
+        },
+        engine: engine_label,
+        policy: if policy_label.is_empty() {
+            "no policy file: built-in strict preset".into()
+        } else {
+            policy_label
+        },
+    };
+    let mut user = TerminalUser::new();
+    let result = agent::run(
+        &options,
+        Stages {
+            screen: &mut screen,
+            monitor,
+            monitors,
+            backend,
+            policy: &mut checker,
+            hands: &mut hands,
+            recorder: &mut recorder,
+            user: &mut user,
+            abort,
+        },
+    );
+    hands.release_all();
+    drop(user);
+    println!("{}", result.message);
+    if let Some(dir) = &result.run_dir {
+        println!(
+            "recorded {} steps in {} (report.html)",
+            result.steps,
+            dir.display()
+        );
+    }
+    match result.exit_code {
+        0 => Ok(()),
+        code => Err(Failure {
+            code: u8::try_from(code).unwrap_or(1),
+            error: anyhow!("run ended: {}", result.status),
+        }),
+    }
+}
+
+/// Which model to load, from --model or the installed ones; never downloads.
+fn engine_config(args: &RunArgs) -> Result<(EngineConfig, String), Failure> {
+    let store = Store::open(StoreConfig::from_env()?)?;
+    let pull_hint = |name: &str| {
+        let ram = store
+            .catalog()
+            .get(name)
+            .map(|m| format!(" (about {} GB of memory)", m.ram_gb))
+            .unwrap_or_default();
+        format!("`deskhand models pull {name}`{ram}")
+    };
+    if let Some(model) = &args.model {
+        let path = Path::new(model);
+        if path.is_file() {
+            let mmproj = args.mmproj.clone().ok_or_else(|| {
+                bad_input(anyhow!(
+                    "--model {model} is a file, so --mmproj must name its vision projector"
+                ))
+            })?;
+            let (gguf, _) = check_pair(path, &mmproj).map_err(|e| bad_input(anyhow!(e)))?;
+            let family = match args.family.or_else(|| guess_family(&gguf, path)) {
+                Some(family) => family,
+                None => {
+                    return Err(bad_input(anyhow!(
+                        "cannot tell the model family of {model}; pass --family (ui-tars, qwen25-vl, qwen3-vl, gemma3)"
+                    )));
+                }
+            };
+            return Ok((
+                EngineConfig::new(path, Some(mmproj), family),
+                format!("{model} ({})", family.name()),
+            ));
+        }
+        return match store.find_installed(model)? {
+            Some(installed) => Ok((
+                EngineConfig::new(
+                    &installed.model_path,
+                    Some(installed.mmproj_path.clone()),
+                    installed.family,
+                ),
+                installed.name,
+            )),
+            None if store.catalog().get(model).is_some() => Err(bad_input(anyhow!(
+                "the model {model} is not installed; download it first with {}",
+                pull_hint(model)
+            ))),
+            None => Err(bad_input(anyhow!(
+                "no installed model and no file named {model}; `deskhand models list` shows the catalog"
+            ))),
+        };
+    }
+    match store.installed()?.into_iter().next() {
+        Some(installed) => Ok((
+            EngineConfig::new(
+                &installed.model_path,
+                Some(installed.mmproj_path.clone()),
+                installed.family,
+            ),
+            installed.name,
+        )),
+        None => Err(bad_input(anyhow!(
+            "no vision model is installed. Download the recommended one with {}, register files you have with `deskhand models add`, or replay actions with --script FILE. deskhand run never downloads anything itself.",
+            pull_hint(RECOMMENDED_MODEL)
+        ))),
+    }
+}
+
+/// Appends the abort to the trace from whatever thread noticed it. One `write` of a short line
+/// to a file opened for appending lands whole after the loop's own lines.
+fn append_abort(trace: &Path, reason: AbortReason) {
+    let line = TraceLine::End(RunEnd {
+        ended: now_rfc3339(),
+        steps: 0,
+        exit_code: ABORT_EXIT_CODE,
+        status: "aborted".into(),
+        message: format!("aborted: {reason}"),
+    });
+    let Ok(mut text) = serde_json::to_string(&line) else {
+        return;
+    };
+    text.push('\n');
+    if let Ok(mut file) = std::fs::OpenOptions::new().append(true).open(trace) {
+        let _ = file.write_all(text.as_bytes());
+        let _ = file.sync_data();
+    }
+}
+
+/// Polls the real pointer every 50 ms on a connection of its own, so parking it in a screen
+/// corner stops the run even while the model is decoding.
+fn watch_corners(
+    display: Option<&str>,
+    monitors: Vec<crate::screen::MonitorInfo>,
+    abort: AbortSignal,
+    stop: Arc<dyn Fn(AbortReason) -> usize + Send + Sync>,
+) {
+    let display = display.map(str::to_owned);
+    let spawned = std::thread::Builder::new()
+        .name("deskhand-corners".into())
+        .spawn(move || {
+            let Ok(screen) = X11Screen::connect(display.as_deref()) else {
+                return;
+            };
+            loop {
+                std::thread::sleep(Duration::from_millis(50));
+                let Ok(pointer) = screen.pointer() else {
+                    return;
+                };
+                if in_corner_zone(&monitors, pointer) {
+                    abort.trigger(AbortReason::CornerFailsafe);
+                    let released = stop(AbortReason::CornerFailsafe);
+                    eprintln!(
+                        "deskhand: {}; released {released} held key(s)/button(s); exiting",
+                        AbortReason::CornerFailsafe
+                    );
+                    std::process::exit(ABORT_EXIT_CODE);
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("the corner failsafe watcher did not start: {e}");
+    }
+}

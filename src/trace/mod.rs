@@ -1,0 +1,199 @@
+//! Record: every run gets a folder with `trace.jsonl` (one line per step, fsync'd as it is
+//! written), the frames the model saw, and a self-contained `report.html`.
+//!
+//! A trace line is one `TraceLine`: the run's start, a step, or the run's end. Step lines carry
+//! `request` and `decision`, which is what `deskhand policy test` replays.
+
+mod report;
+mod writer;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::input::Action;
+use crate::model::Timings;
+use crate::policy::{Answer, Decision, Request};
+use crate::screen::FrameMap;
+
+pub use report::{render_report, write_report};
+pub use writer::{TraceWriter, read_trace, runs_dir};
+
+/// One line of `trace.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "record", rename_all = "snake_case")]
+pub enum TraceLine {
+    Start(RunStart),
+    Step(Box<StepRecord>),
+    End(RunEnd),
+}
+
+/// The first line: what was asked, with what.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunStart {
+    /// The run's folder name.
+    pub run: String,
+    pub task: String,
+    /// RFC 3339.
+    pub started: String,
+    pub deskhand_version: String,
+    /// The model's name or path, or `script FILE`.
+    pub engine: String,
+    /// The policy files in force, or why none was.
+    pub policy: String,
+    pub monitor: String,
+    pub dry_run: bool,
+    pub max_steps: u32,
+    pub images: usize,
+}
+
+/// How long each stage of a step took, in milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepTimings {
+    /// Waiting for the screen to stop changing (includes the captures made meanwhile).
+    pub settle_ms: f64,
+    /// Reading the active window and preparing the frame after settling.
+    pub observe_ms: f64,
+    /// Building the prompt from the history and frames.
+    pub prompt_ms: f64,
+    /// The whole model call; `model` holds its own breakdown.
+    pub model_ms: f64,
+    pub policy_ms: f64,
+    /// Waiting for the person to answer an ask.
+    pub ask_ms: f64,
+    pub act_ms: f64,
+    /// Writing the trace line and queueing the frame.
+    pub record_ms: f64,
+    pub total_ms: f64,
+}
+
+/// What the model said, with its own timings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelRecord {
+    /// The raw reply, with detected secrets redacted.
+    pub raw: String,
+    pub thought: Option<String>,
+    pub timings: Timings,
+}
+
+/// What happened to the step's action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The action ran.
+    Executed { events: usize, ms: f64 },
+    /// `--dry-run`: the policy allowed it but nothing was executed.
+    DryRun,
+    /// The policy or the person refused it; the model is told the reason.
+    Refused { by: Refuser, reason: String },
+    /// `done`: the model says the task is complete.
+    Done { summary: String },
+    /// `fail`: the model gave up.
+    Failed { reason: String },
+    /// `call_user`: the model asked a question.
+    Asked { question: String, answer: Option<String> },
+    /// Waiting is an action too, but it touches nothing.
+    Waited { ms: u64 },
+    /// The model, the screen or the input device failed.
+    Error { stage: String, error: String },
+    /// Ctrl-C, SIGTERM, the corner failsafe, or an "abort" answer.
+    Aborted { reason: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Refuser {
+    Policy,
+    User,
+}
+
+/// One step: one line of `trace.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub step: u32,
+    /// RFC 3339, when the step began.
+    pub at: String,
+    /// The frame file (relative to the run folder) and its mapping to the screen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame: Option<FrameRecord>,
+    pub settled: bool,
+    pub timings: StepTimings,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelRecord>,
+    /// The action in screen pixels, with typed secrets redacted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<Action>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<Request>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<Decision>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<Answer>,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FrameRecord {
+    pub file: String,
+    pub map: FrameMap,
+}
+
+/// The last line: how the run ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunEnd {
+    pub ended: String,
+    pub steps: u32,
+    pub exit_code: i32,
+    /// `done`, `failed`, `guard`, `locked`, `aborted`, `error`.
+    pub status: String,
+    pub message: String,
+}
+
+/// The record stage's boundary: the loop hands over each line as it happens.
+pub trait Recorder {
+    fn start(&mut self, start: &RunStart) -> Result<(), TraceError>;
+    /// Saves the frame the model saw at `step`; returns its file name in the run folder.
+    fn frame(&mut self, step: u32, image: &image::RgbImage) -> Result<String, TraceError>;
+    fn step(&mut self, record: &StepRecord) -> Result<(), TraceError>;
+    fn end(&mut self, end: &RunEnd) -> Result<(), TraceError>;
+    /// The run folder, if the recorder writes one.
+    fn dir(&self) -> Option<&Path>;
+}
+
+#[derive(Debug, Error)]
+pub enum TraceError {
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {problem}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        problem: String,
+    },
+    #[error("no run named '{name}' in {dir}; `deskhand trace list` shows the runs")]
+    NoSuchRun { name: String, dir: PathBuf },
+    #[error(
+        "no runs directory: set DESKHAND_RUNS_DIR, or HOME so that ~/.local/share/deskhand/runs can be used"
+    )]
+    NoRunsDir,
+}
+
+impl TraceError {
+    pub(crate) fn io(action: &'static str, path: &Path, source: std::io::Error) -> TraceError {
+        TraceError::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// The current time as RFC 3339 with milliseconds.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}

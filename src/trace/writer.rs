@@ -1,0 +1,196 @@
+//! The run folder on disk. Trace lines are appended and fsync'd one by one, so a `kill -9`
+//! loses at most the step in flight; frames are encoded on a thread of their own, so PNG
+//! compression never holds up the loop.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Sender, channel};
+use std::thread::JoinHandle;
+
+use super::{Recorder, RunEnd, RunStart, StepRecord, TraceError, TraceLine};
+
+pub const TRACE_FILE: &str = "trace.jsonl";
+
+/// `DESKHAND_RUNS_DIR`, or `~/.local/share/deskhand/runs`.
+pub fn runs_dir() -> Result<PathBuf, TraceError> {
+    if let Some(dir) = std::env::var_os("DESKHAND_RUNS_DIR").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    directories::ProjectDirs::from("", "", "deskhand")
+        .map(|d| d.data_dir().join("runs"))
+        .ok_or(TraceError::NoRunsDir)
+}
+
+type FrameJob = (PathBuf, image::RgbImage);
+
+pub struct TraceWriter {
+    dir: PathBuf,
+    trace: File,
+    frames: Option<Sender<FrameJob>>,
+    encoder: Option<JoinHandle<Vec<String>>>,
+}
+
+impl TraceWriter {
+    /// Creates a new run folder under `runs`, named after the current time.
+    pub fn create(runs: &Path) -> Result<TraceWriter, TraceError> {
+        std::fs::create_dir_all(runs).map_err(|e| TraceError::io("create", runs, e))?;
+        let stamp: String = super::now_rfc3339()
+            .chars()
+            .filter(char::is_ascii_digit)
+            .take(14)
+            .collect();
+        let base = format!("{}-{}", &stamp[..8.min(stamp.len())], &stamp[8.min(stamp.len())..]);
+        let mut dir = runs.join(&base);
+        let mut n = 1;
+        // Two runs in one second get their own folders; create_dir fails on an existing one.
+        while let Err(e) = std::fs::create_dir(&dir) {
+            if e.kind() != std::io::ErrorKind::AlreadyExists || n > 1000 {
+                return Err(TraceError::io("create", &dir, e));
+            }
+            n += 1;
+            dir = runs.join(format!("{base}-{n}"));
+        }
+        let path = dir.join(TRACE_FILE);
+        let trace = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| TraceError::io("create", &path, e))?;
+        let (frames, jobs) = channel::<FrameJob>();
+        let encoder = std::thread::Builder::new()
+            .name("deskhand-frames".into())
+            .spawn(move || {
+                let mut failures = Vec::new();
+                for (path, image) in jobs {
+                    if let Err(e) = write_png(&path, &image) {
+                        failures.push(format!("{}: {e}", path.display()));
+                    }
+                }
+                failures
+            })
+            .map_err(|e| TraceError::io("start the frame writer for", &dir, e))?;
+        Ok(TraceWriter {
+            dir,
+            trace,
+            frames: Some(frames),
+            encoder: Some(encoder),
+        })
+    }
+
+    fn append(&mut self, line: &TraceLine) -> Result<(), TraceError> {
+        let path = self.dir.join(TRACE_FILE);
+        let mut text = serde_json::to_string(line).map_err(|e| TraceError::Parse {
+            path: path.clone(),
+            line: 0,
+            problem: format!("cannot encode a trace line: {e}"),
+        })?;
+        text.push('\n');
+        // One write call per line, then fsync: a reader never sees half a line unless the
+        // machine dies mid-write, and then only the last one.
+        self.trace
+            .write_all(text.as_bytes())
+            .and_then(|()| self.trace.sync_data())
+            .map_err(|e| TraceError::io("append to", &path, e))
+    }
+
+    /// Waits for queued frames to be written; returns the ones that failed.
+    fn finish_frames(&mut self) -> Vec<String> {
+        self.frames = None;
+        self.encoder
+            .take()
+            .and_then(|handle| handle.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Recorder for TraceWriter {
+    fn start(&mut self, start: &RunStart) -> Result<(), TraceError> {
+        self.append(&TraceLine::Start(start.clone()))
+    }
+
+    fn frame(&mut self, step: u32, image: &image::RgbImage) -> Result<String, TraceError> {
+        let name = format!("step-{step:04}.png");
+        if let Some(frames) = &self.frames {
+            // A send fails only if the writer thread died; the trace still names the file and
+            // the report shows it as missing.
+            let _ = frames.send((self.dir.join(&name), image.clone()));
+        }
+        Ok(name)
+    }
+
+    fn step(&mut self, record: &StepRecord) -> Result<(), TraceError> {
+        self.append(&TraceLine::Step(Box::new(record.clone())))
+    }
+
+    fn end(&mut self, end: &RunEnd) -> Result<(), TraceError> {
+        for failure in self.finish_frames() {
+            tracing::warn!("a frame was not saved: {failure}");
+        }
+        self.append(&TraceLine::End(end.clone()))?;
+        super::write_report(&self.dir).map(|_| ())
+    }
+
+    fn dir(&self) -> Option<&Path> {
+        Some(&self.dir)
+    }
+}
+
+impl Drop for TraceWriter {
+    fn drop(&mut self) {
+        self.finish_frames();
+    }
+}
+
+fn write_png(path: &Path, image: &image::RgbImage) -> Result<(), String> {
+    use image::ImageEncoder;
+    use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+    let tmp = path.with_extension("png.partial");
+    let file = File::create(&tmp).map_err(|e| e.to_string())?;
+    let mut out = std::io::BufWriter::new(file);
+    PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Adaptive)
+        .write_image(
+            image.as_raw(),
+            image.width(),
+            image.height(),
+            image::ExtendedColorType::Rgb8,
+        )
+        .map_err(|e| e.to_string())?;
+    out.flush().map_err(|e| e.to_string())?;
+    drop(out);
+    std::fs::rename(&tmp, path).map_err(|e| e.to_string())
+}
+
+/// Reads a run's `trace.jsonl`. A torn last line (a run killed mid-write) is skipped with a
+/// warning in the second value; a bad line anywhere else is an error.
+pub fn read_trace(path: &Path) -> Result<(Vec<TraceLine>, Vec<String>), TraceError> {
+    let file = File::open(path).map_err(|e| TraceError::io("open", path, e))?;
+    let lines: Vec<String> = BufReader::new(file)
+        .lines()
+        .collect::<Result<_, _>>()
+        .map_err(|e| TraceError::io("read", path, e))?;
+    let mut parsed = Vec::new();
+    let mut warnings = Vec::new();
+    let last = lines.len();
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<TraceLine>(line) {
+            Ok(record) => parsed.push(record),
+            Err(e) if i + 1 == last => warnings.push(format!(
+                "{}:{}: the last line is incomplete ({e}); the run was probably killed mid-step",
+                path.display(),
+                i + 1
+            )),
+            Err(e) => {
+                return Err(TraceError::Parse {
+                    path: path.to_path_buf(),
+                    line: i + 1,
+                    problem: e.to_string(),
+                });
+            }
+        }
+    }
+    Ok((parsed, warnings))
+}
