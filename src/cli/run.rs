@@ -9,16 +9,18 @@ use std::time::Duration;
 use anyhow::anyhow;
 use clap::Args;
 
-use crate::agent::{self, Guards, LOCKED_EXIT_CODE, RunOptions, ScriptBackend, Stages, TerminalUser};
+use crate::agent::{
+    self, Guards, LOCKED_EXIT_CODE, RunOptions, ScriptBackend, Stages, TerminalUser,
+};
 use crate::cli::{Failure, bad_input};
 use crate::input::{
     ABORT_EXIT_CODE, AbortReason, AbortSignal, EnigoDevice, Executor, Hands, exit_on_signals,
     in_corner_zone,
 };
+use crate::model::Backend;
 use crate::model::family::FamilyId;
 use crate::model::llama::{EngineConfig, LlamaEngine};
 use crate::model::store::{Store, StoreConfig, check_pair, guess_family};
-use crate::model::Backend;
 use crate::policy::{Checker, GrantStore, PolicyEngine, PolicyPaths};
 use crate::screen::{FrameTarget, Screen, SettleOptions, X11Screen};
 use crate::trace::{Recorder, RunEnd, TraceLine, TraceWriter, now_rfc3339, runs_dir};
@@ -57,6 +59,13 @@ pub struct RunArgs {
     /// Answer the policy's asks with "once", except the floor's (those still ask you).
     #[arg(long)]
     pub yes: bool,
+    /// End the run when the model proposes the same action this many times in a row
+    /// (waits excepted). Raise it for tasks that scroll a long page step by step.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub max_repeats: u32,
+    /// End the run when this many executed actions in a row left the screen unchanged.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub max_unchanged: u32,
     /// Stop the run after this many seconds.
     #[arg(long, default_value_t = 1800, value_name = "SECS")]
     pub timeout: u64,
@@ -189,6 +198,8 @@ pub fn run(args: &RunArgs, display: Option<&str>) -> Result<(), Failure> {
         settle: SettleOptions::default(),
         guards: Guards {
             max_steps: args.max_steps,
+            repeats: args.max_repeats.max(1),
+            unchanged: args.max_unchanged.max(1),
             timeout: Duration::from_secs(args.timeout),
             ..Guards::default()
         },
@@ -252,7 +263,7 @@ fn engine_config(args: &RunArgs) -> Result<(EngineConfig, String), Failure> {
                     "--model {model} is a file, so --mmproj must name its vision projector"
                 ))
             })?;
-            let (gguf, _) = check_pair(path, &mmproj).map_err(|e| bad_input(anyhow!(e)))?;
+            let (gguf, projector) = check_pair(path, &mmproj).map_err(|e| bad_input(anyhow!(e)))?;
             let family = match args.family.or_else(|| guess_family(&gguf, path)) {
                 Some(family) => family,
                 None => {
@@ -261,10 +272,21 @@ fn engine_config(args: &RunArgs) -> Result<(EngineConfig, String), Failure> {
                     )));
                 }
             };
-            return Ok((
-                EngineConfig::new(path, Some(mmproj), family),
-                format!("{model} ({})", family.name()),
-            ));
+            let mut config = EngineConfig::new(path, Some(mmproj), family);
+            if family == FamilyId::Gemma3 {
+                // Gemma 3 projectors take one fixed square; fit frames to this projector's
+                // size, so that mtmd never resizes or letterboxes them itself.
+                if let Some(size) = projector
+                    .get_u64("clip.vision.image_size")
+                    .and_then(|s| u32::try_from(s).ok())
+                {
+                    config.frame_target = Some(FrameTarget::Fixed {
+                        width: size,
+                        height: size,
+                    });
+                }
+            }
+            return Ok((config, format!("{model} ({})", family.name())));
         }
         return match store.find_installed(model)? {
             Some(installed) => Ok((

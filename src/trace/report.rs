@@ -237,9 +237,9 @@ fn header(
                 write!(out, "<span class=\"pill {v}\">{v}</span>")?;
             }
             let (word, tone) = outcome_word(&s.outcome);
-            write!(
+            writeln!(
                 out,
-                "</td><td><span class=\"pill {tone}\">{word}</span></td><td>{}</td></tr>\n",
+                "</td><td><span class=\"pill {tone}\">{word}</span></td><td>{}</td></tr>",
                 ms(s.timings.total_ms)
             )?;
         }
@@ -254,9 +254,9 @@ fn dl_row(out: &mut String, key: &str, value: &str) -> fmt::Result {
 }
 
 fn step_section(out: &mut String, run_dir: &Path, s: &StepRecord) -> fmt::Result {
-    write!(
+    writeln!(
         out,
-        "<section id=\"step-{n}\"><h2>Step {n}<span class=\"at\" title=\"{at}\">{time}</span></h2>\n",
+        "<section id=\"step-{n}\"><h2>Step {n}<span class=\"at\" title=\"{at}\">{time}</span></h2>",
         n = s.step,
         at = esc(&s.at),
         time = esc(clock_time(&s.at)),
@@ -316,10 +316,10 @@ fn step_section(out: &mut String, run_dir: &Path, s: &StepRecord) -> fmt::Result
     }
 
     let (word, tone) = outcome_word(&s.outcome);
-    write!(
+    writeln!(
         out,
         "<div class=\"row\"><span class=\"label\">Outcome</span><span class=\"pill {tone}\">{word}</span> \
-         <span class=\"outcome\">{}</span></div>\n",
+         <span class=\"outcome\">{}</span></div>",
         esc(&outcome_text(&s.outcome))
     )?;
 
@@ -335,9 +335,9 @@ fn window_row(out: &mut String, req: &Request) -> fmt::Result {
         .filter(|p| !p.is_empty())
         .collect();
     if !parts.is_empty() {
-        write!(
+        writeln!(
             out,
-            "<div class=\"row\"><span class=\"label\">Window</span>{}</div>\n",
+            "<div class=\"row\"><span class=\"label\">Window</span>{}</div>",
             esc(&parts.join(" — "))
         )?;
     }
@@ -501,6 +501,9 @@ fn outcome_text(o: &Outcome) -> String {
                 "policy" => "the policy".to_owned(),
                 other => other.to_owned(),
             };
+            // The loop records the refusal as the model was told it, "denied by policy: …";
+            // the pill already says that much.
+            let reason = reason.strip_prefix("denied by policy: ").unwrap_or(reason);
             format!("Refused by {by}: {reason}")
         }
         Outcome::Done { summary } => format!("Done: {summary}"),
@@ -765,22 +768,31 @@ fn overlay(
         num(w)
     )?;
     for ((x, y), text) in labels {
-        let right = x < f64::from(map.frame_width) * 0.85;
-        let (tx, anchor) = if right {
-            (x + r * 1.3, "start")
+        let size = r * 1.2;
+        // SVG cannot measure text without script; bold sans glyphs average about 0.62em,
+        // close enough for a backing box.
+        let width = text.chars().count() as f64 * size * 0.62 + size * 0.7;
+        let height = size * 1.45;
+        let left = if x < f64::from(map.frame_width) * 0.85 {
+            x + r * 1.5
         } else {
-            (x - r * 1.3, "end")
+            x - r * 1.5 - width
         };
+        let top = (y - r * 1.9 - height * 0.5).max(0.0);
         write!(
             out,
-            "<text x=\"{}\" y=\"{}\" font-size=\"{}\" font-weight=\"700\" \
-             font-family=\"sans-serif\" text-anchor=\"{anchor}\" fill=\"{colour}\" \
-             stroke=\"#000\" stroke-opacity=\"0.75\" stroke-width=\"{}\" \
-             paint-order=\"stroke\">{}</text>",
-            num(tx),
-            num(y - r * 1.1),
-            num(r * 1.3),
-            num(w * 1.6),
+            "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" rx=\"{}\" fill=\"#111\" \
+             fill-opacity=\"0.8\"/><text x=\"{}\" y=\"{}\" font-size=\"{}\" font-weight=\"700\" \
+             font-family=\"sans-serif\" text-anchor=\"middle\" dominant-baseline=\"central\" \
+             fill=\"{colour}\">{}</text>",
+            num(left),
+            num(top),
+            num(width),
+            num(height),
+            num(height * 0.3),
+            num(left + width / 2.0),
+            num(top + height / 2.0),
+            num(size),
             esc(&text)
         )?;
     }
@@ -1153,5 +1165,4 @@ mod tests {
             Err(TraceError::Io { .. })
         ));
     }
-    include!("/tmp/scratch/realistic.rs");
 }

@@ -1,0 +1,120 @@
+//! `deskhand run` with the project's tiny generated VLM: the whole path from a real screenshot
+//! through llama.cpp and mtmd to the policy, the executor and the record, for 5 steps.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::{TestWindow, display};
+use deskhand::model::tiny::write_tiny_vlm;
+use deskhand::trace::{Outcome, TraceLine, read_trace};
+
+#[test]
+fn the_tiny_vlm_runs_five_checked_and_recorded_steps() {
+    let display = display(1280, 800);
+    let _window = TestWindow::open(&display, "640x480+100+100", "tiny vlm run");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tiny = write_tiny_vlm(&dir.path().join("model")).expect("tiny VLM");
+    let policy = dir.path().join("policy.toml");
+    // Random weights propose anything; the policy decides, the executor runs what it allows.
+    std::fs::write(&policy, "schema_version = 1\npreset = \"balanced\"\n").expect("policy");
+    let runs = dir.path().join("runs");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_deskhand"))
+        .args([
+            "run",
+            "Click the red button.",
+            "--max-steps",
+            "5",
+            "--family",
+            "gemma3",
+        ])
+        // Random weights repeat themselves; the guards that stop that are tested elsewhere.
+        .args(["--max-repeats", "10", "--max-unchanged", "10"])
+        .arg("--model")
+        .arg(&tiny.model)
+        .arg("--mmproj")
+        .arg(&tiny.mmproj)
+        .arg("--policy")
+        .arg(&policy)
+        .env("DISPLAY", display.name())
+        .env("DESKHAND_RUNS_DIR", &runs)
+        .env("DESKHAND_GRANTS", dir.path().join("grants.toml"))
+        .env("DESKHAND_SYSTEM_POLICY", "")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run deskhand");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // Five steps end by the step limit (1) unless the model said done (0) or fail (1).
+    assert!(
+        matches!(out.status.code(), Some(0 | 1)),
+        "status {:?}\n{stdout}\n{stderr}",
+        out.status
+    );
+
+    let run_dir = std::fs::read_dir(&runs)
+        .expect("runs dir")
+        .next()
+        .expect("one run")
+        .expect("entry")
+        .path();
+    let (lines, warnings) = read_trace(&run_dir.join("trace.jsonl")).expect("trace");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let steps: Vec<_> = lines
+        .iter()
+        .filter_map(|l| match l {
+            TraceLine::Step(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    let ended_early = steps.iter().any(|s| {
+        matches!(
+            s.outcome,
+            Outcome::Done { .. } | Outcome::Failed { .. } | Outcome::Asked { .. }
+        )
+    });
+    assert!(
+        steps.len() == 5 || ended_early,
+        "{} steps:\n{stdout}\n{stderr}",
+        steps.len()
+    );
+    for step in &steps {
+        let model = step
+            .model
+            .as_ref()
+            .expect("every step has the model's reply");
+        assert!(!model.raw.is_empty());
+        // The current frame and up to two earlier ones (the default --images 3), each through
+        // mtmd.
+        let per_image = deskhand::model::tiny::TINY_IMAGE_TOKENS;
+        let images = model.timings.image_tokens / per_image;
+        assert_eq!(model.timings.image_tokens % per_image, 0);
+        assert_eq!(images, step.step.min(3) as usize, "step {}", step.step);
+        let action = step.action.as_ref().expect("a parsed action");
+        action.validate().expect("every action is valid");
+        assert!(step.decision.is_some(), "every action was checked");
+        assert!(
+            matches!(
+                step.outcome,
+                Outcome::Executed { .. }
+                    | Outcome::Refused { .. }
+                    | Outcome::Waited { .. }
+                    | Outcome::Done { .. }
+                    | Outcome::Failed { .. }
+                    | Outcome::Asked { .. }
+                    | Outcome::Error { .. }
+            ),
+            "{:?}",
+            step.outcome
+        );
+        assert!(
+            run_dir
+                .join(&step.frame.as_ref().expect("frame").file)
+                .is_file()
+        );
+    }
+    let report = std::fs::read_to_string(run_dir.join("report.html")).expect("report.html");
+    assert!(report.contains("data:image/png;base64,"));
+    assert!(report.matches("class=\"decision ").count() >= steps.len());
+}
