@@ -2,21 +2,21 @@
 //! trait) reads the real frames it is given and proposes actions; the real policy, executor and
 //! trace writer do the rest. The tasks are real: the project's test window, and xcalc.
 
-mod common;
 #[path = "common/calc.rs"]
 mod calc;
+mod common;
 
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::{TestWindow, display, find_colour};
-use deskhand::agent::{self, Guards, RunOptions, RunResult, Stages, User, UserAnswer};
+use deskhand::agent::{self, Guards, RunOptions, RunResult, Stages, Unattended};
 use deskhand::input::{AbortSignal, Action, EnigoDevice, Executor, Hands, MouseButton};
 use deskhand::model::{Backend, ModelError, Prompt, Reply, Timings};
-use deskhand::policy::{Answer, Checker, Decision, Layer, PolicyEngine, Request};
+use deskhand::policy::{Checker, Layer, PolicyEngine};
 use deskhand::screen::{
-    Frame, FrameTarget, ModelPoint, PointFormat, Screen, SettleOptions, X11Screen, VirtualDisplay,
+    Frame, FrameTarget, ModelPoint, PointFormat, Screen, SettleOptions, VirtualDisplay, X11Screen,
     wait_until_stable,
 };
 use deskhand::trace::{Outcome, Recorder, TraceLine, TraceWriter, read_trace};
@@ -41,25 +41,6 @@ impl<F: FnMut(&Frame, usize) -> Action> Backend for ScreenReader<F> {
             action,
             timings: Timings::default(),
         })
-    }
-}
-
-/// Nobody at the terminal: asks are denied, questions go unanswered.
-struct NobodyHome;
-
-impl User for NobodyHome {
-    fn ask(&mut self, _: &Request, _: &Decision) -> UserAnswer {
-        UserAnswer::Answer(Answer::Deny)
-    }
-    fn reply(&mut self, _: &str) -> Option<String> {
-        None
-    }
-    fn phase(&mut self, _: u32, _: &str) {}
-    fn step_done(&mut self, line: &str) {
-        eprintln!("{line}");
-    }
-    fn note(&mut self, line: &str) {
-        eprintln!("{line}");
     }
 }
 
@@ -121,7 +102,7 @@ fn run_loop(
             policy: &mut policy,
             hands: &mut hands,
             recorder: &mut recorder,
-            user: &mut NobodyHome,
+            user: &mut Unattended,
             abort,
         },
     );
@@ -185,7 +166,12 @@ fn the_loop_clicks_the_red_button_and_types_into_the_field() {
         step: 0,
         seen: Vec::new(),
     };
-    let (result, lines) = run_loop(&display, "click the red button, then type hello", &mut backend, runs.path());
+    let (result, lines) = run_loop(
+        &display,
+        "click the red button, then type hello",
+        &mut backend,
+        runs.path(),
+    );
     assert_eq!(result.exit_code, 0, "{result:?}");
     assert_eq!(result.status, "done");
 
@@ -275,7 +261,12 @@ fn the_loop_computes_seven_times_six_in_xcalc() {
         step: 0,
         seen: Vec::new(),
     };
-    let (result, lines) = run_loop(&display, "compute 7 times 6 in xcalc", &mut backend, runs.path());
+    let (result, lines) = run_loop(
+        &display,
+        "compute 7 times 6 in xcalc",
+        &mut backend,
+        runs.path(),
+    );
     assert_eq!(result.exit_code, 0, "{result:?}");
     assert_eq!(steps(&lines).len(), 5);
 
@@ -291,7 +282,9 @@ fn the_loop_computes_seven_times_six_in_xcalc() {
     let mut press = |names: &[&str], screen: &mut X11Screen| {
         for name in names {
             let button = calc.key(name).expect("a known button");
-            hands.perform(&click(&full, calc::centre(&button))).expect("click");
+            hands
+                .perform(&click(&full, calc::centre(&button)))
+                .expect("click");
         }
         calc::crop(&look(screen), &calc.display)
     };

@@ -1,9 +1,9 @@
 //! Drive a program nobody here wrote: xcalc (Debian's x11-apps). Its buttons are found in the
 //! screenshot, 7 x 6 = is clicked, and the display must then show 42.
 
-mod common;
 #[path = "common/calc.rs"]
 mod calc;
+mod common;
 
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -12,8 +12,7 @@ use calc::{centre, crop, find_calculator};
 use common::display;
 use deskhand::input::{AbortSignal, Action, EnigoDevice, Executor, Hands, MouseButton};
 use deskhand::screen::{
-    FrameTarget, ModelPoint, PointFormat, Screen, SettleOptions, X11Screen,
-    wait_until_stable,
+    FrameTarget, ModelPoint, PointFormat, Screen, SettleOptions, X11Screen, wait_until_stable,
 };
 use image::RgbImage;
 

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub use script::ScriptBackend;
-pub use user::{TerminalUser, User, UserAnswer};
+pub use user::{TerminalUser, Unattended, User, UserAnswer};
 
 use crate::input::{ABORT_EXIT_CODE, AbortReason, AbortSignal, Action, Hands, InputError};
 use crate::model::{Backend, Prompt, ms};
@@ -234,7 +234,9 @@ pub fn run(options: &RunOptions, stages: Stages<'_>) -> RunResult {
         message: result.message.clone(),
     };
     if let Err(e) = context.recorder.end(&end) {
-        context.user.note(&format!("the run's end was not recorded: {e}"));
+        context
+            .user
+            .note(&format!("the run's end was not recorded: {e}"));
     }
     result
 }
@@ -315,9 +317,12 @@ impl Context<'_, '_> {
             );
         }
         if let Some(reason) = self.aborted() {
-            return self.abort_now(reason, record(Outcome::Aborted {
-                reason: reason.to_string(),
-            }));
+            return self.abort_now(
+                reason,
+                record(Outcome::Aborted {
+                    reason: reason.to_string(),
+                }),
+            );
         }
         let record_started = Instant::now();
         let frame_file = match self.recorder.frame(step, &observed.frame.image) {
@@ -378,7 +383,10 @@ impl Context<'_, '_> {
                     return end(
                         1,
                         "guard",
-                        format!("the model failed {} times in a row: {e}", state.model_errors),
+                        format!(
+                            "the model failed {} times in a row: {e}",
+                            state.model_errors
+                        ),
                     );
                 }
                 return Next::Continue;
@@ -386,9 +394,12 @@ impl Context<'_, '_> {
         };
         state.model_errors = 0;
         if let Some(reason) = self.aborted() {
-            return self.abort_now(reason, record(Outcome::Aborted {
-                reason: reason.to_string(),
-            }));
+            return self.abort_now(
+                reason,
+                record(Outcome::Aborted {
+                    reason: reason.to_string(),
+                }),
+            );
         }
         let action = reply.action.clone();
 
@@ -403,7 +414,11 @@ impl Context<'_, '_> {
             .with_monitors(self.monitors);
         let decision = self.policy.check(&request);
         timings.policy_ms = ms(policy_started.elapsed());
-        request.detector_hits = decision.detector_hits.iter().map(|h| h.name.clone()).collect();
+        request.detector_hits = decision
+            .detector_hits
+            .iter()
+            .map(|h| h.name.clone())
+            .collect();
         request.inferred_intents = decision
             .intents
             .iter()
@@ -435,9 +450,13 @@ impl Context<'_, '_> {
         };
         timings.ask_ms = ms(ask_started.elapsed());
 
-        let proposed_again = state.last_proposed.as_ref() == Some(&action)
-            && !matches!(action, Action::Wait { .. });
-        state.repeated = if proposed_again { state.repeated + 1 } else { 1 };
+        let proposed_again =
+            state.last_proposed.as_ref() == Some(&action) && !matches!(action, Action::Wait { .. });
+        state.repeated = if proposed_again {
+            state.repeated + 1
+        } else {
+            1
+        };
         state.last_proposed = Some(action.clone());
 
         self.user.phase(step, "act");
@@ -453,7 +472,14 @@ impl Context<'_, '_> {
         let record_started = Instant::now();
         let redacted_action = self.redact_action(&action);
         request.action = redacted_action.clone();
-        let summary = summary_line(step, &redacted_action, &decision, verdict, &outcome, &timings);
+        let summary = summary_line(
+            step,
+            &redacted_action,
+            &decision,
+            verdict,
+            &outcome,
+            &timings,
+        );
         state.history.push(history_line(
             step,
             reply.thought.as_deref().map(|t| self.policy.redact(t)),
@@ -580,7 +606,10 @@ impl Context<'_, '_> {
         match outcome {
             Outcome::Done { summary } => end(0, "done", format!("done: {summary}")),
             Outcome::Failed { reason } => end(1, "failed", format!("the model gave up: {reason}")),
-            Outcome::Asked { question, answer: None } => end(
+            Outcome::Asked {
+                question,
+                answer: None,
+            } => end(
                 1,
                 "failed",
                 format!("the model asked \"{question}\" and nobody could answer"),

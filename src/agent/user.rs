@@ -171,3 +171,27 @@ impl User for TerminalUser {
         self.print(line);
     }
 }
+
+/// Nobody at the keyboard (benchmarks, tests, services): every ask is denied, questions go
+/// unanswered, and progress goes to the log.
+pub struct Unattended;
+
+impl User for Unattended {
+    fn ask(&mut self, _request: &Request, _decision: &Decision) -> UserAnswer {
+        UserAnswer::Answer(Answer::Deny)
+    }
+
+    fn reply(&mut self, _question: &str) -> Option<String> {
+        None
+    }
+
+    fn phase(&mut self, _step: u32, _phase: &str) {}
+
+    fn step_done(&mut self, line: &str) {
+        tracing::info!("{line}");
+    }
+
+    fn note(&mut self, line: &str) {
+        tracing::info!("{line}");
+    }
+}

@@ -4,10 +4,12 @@
 mod capture;
 mod model;
 mod policy;
+mod step;
 
 pub use capture::{CaptureBenchArgs, capture};
 pub use model::{ModelBenchArgs, model};
 pub use policy::{PolicyBenchArgs, policy};
+pub use step::{StepBenchArgs, step};
 
 use std::time::Duration;
 

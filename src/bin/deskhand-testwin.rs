@@ -13,7 +13,8 @@
 //! keyboard by rebinding spare keycodes on the fly; querying the mapping when a key arrives would
 //! race with the next rebinding.
 //!
-//! Usage: `deskhand-testwin --log FILE [--display NAME] [--geometry WxH+X+Y] [--title TITLE]`.
+//! Usage: `deskhand-testwin --log FILE [--display NAME] [--geometry WxH+X+Y] [--title TITLE]
+//! [--banner TEXT]`.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -39,6 +40,9 @@ use xkeysym::Keysym;
 const TARGET_SIZE: i32 = 21;
 /// Height of the text field, in pixels.
 const FIELD_HEIGHT: i32 = 30;
+/// The band the banner is drawn in, window-relative: top and height, in pixels.
+const BANNER_TOP: i32 = 20;
+const BANNER_HEIGHT: i32 = 20;
 
 /// Command line of the test window.
 #[derive(Parser, Debug)]
@@ -64,6 +68,11 @@ struct Args {
     /// Window title (WM_NAME and _NET_WM_NAME).
     #[arg(long, value_name = "TITLE", default_value = "deskhand test window")]
     title: String,
+
+    /// A line of text drawn in black near the top of the window (y 20..40, above the
+    /// targets), so that screenshots show it; clipped to the window's width.
+    #[arg(long, value_name = "TEXT")]
+    banner: Option<String>,
 }
 
 /// An offset in a geometry string: `+N` counts from the left/top, `-N` from the right/bottom.
@@ -480,6 +489,7 @@ struct App {
     keymap: KeyMap,
     log: Logger,
     title: String,
+    banner: Option<String>,
     width: i32,
     height: i32,
     text: String,
@@ -562,7 +572,41 @@ impl App {
             self.conn
                 .poly_rectangle(self.window, self.gc, &[rect(fx, fy, fw - 1, fh - 1)])?;
         }
+        self.draw_banner()?;
         self.draw_text()
+    }
+
+    /// Draws the banner, if any, in black on the white background near the top of the window,
+    /// cut off at the window's right edge.
+    fn draw_banner(&self) -> Result<(), ConnectionError> {
+        let (Some(banner), Some(font)) = (&self.banner, &self.font) else {
+            return Ok(());
+        };
+        let left = 4;
+        // image_text8 takes at most 255 bytes; the window takes fewer when it is narrow.
+        let room = usize::try_from((self.width - 2 * left) / font.char_width)
+            .unwrap_or(0)
+            .min(255);
+        let bytes: Vec<u8> = banner.chars().map(latin1_glyph).take(room).collect();
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.conn.change_gc(
+            self.gc,
+            &ChangeGCAux::new()
+                .foreground(self.palette.black)
+                .background(self.palette.white)
+                .font(font.font),
+        )?;
+        let baseline = BANNER_TOP + (BANNER_HEIGHT + font.ascent - font.descent) / 2;
+        self.conn.image_text8(
+            self.window,
+            self.gc,
+            clamp16(left),
+            clamp16(baseline),
+            &bytes,
+        )?;
+        Ok(())
     }
 
     /// Redraws the inside of the text field with the end of the text typed so far.
@@ -1001,6 +1045,7 @@ fn run(args: Args) -> Result<()> {
         keymap,
         log,
         title: args.title,
+        banner: args.banner,
         width: i32::from(geometry.width),
         height: i32::from(geometry.height),
         text: String::new(),

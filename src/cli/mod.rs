@@ -3,6 +3,7 @@
 pub mod models;
 pub mod policy;
 pub mod run;
+pub mod trace;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -60,6 +61,9 @@ pub enum Command {
     /// Do a task: see, think, check and act until it is done, recording every step.
     #[command(after_help = run::RUN_EXAMPLES)]
     Run(run::RunArgs),
+    /// List, show and re-render recorded runs.
+    #[command(subcommand)]
+    Trace(trace::TraceCommand),
     /// Write, check and explain the policy that decides every action; manage grants.
     Policy(policy::PolicyArgs),
     /// Measure deskhand against baselines.
@@ -144,6 +148,9 @@ pub enum BenchCommand {
     Model(bench::ModelBenchArgs),
     /// Decision latency of a 200-rule policy, against a policy with no rules.
     Policy(bench::PolicyBenchArgs),
+    /// Whole agent steps with the tiny VLM on a 1920x1080 Xvfb: every stage, and deskhand's
+    /// own overhead.
+    Step(bench::StepBenchArgs),
 }
 
 /// An error with the exit status it should end the process with.
@@ -169,6 +176,12 @@ fn bad_input(error: impl Into<anyhow::Error>) -> Failure {
 }
 
 pub fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, which turns `deskhand trace show last | head` into a panic on the
+    // next print. Like other Unix tools, end quietly when the reader goes away instead.
+    // SAFETY: restoring a signal's default disposition before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -196,20 +209,17 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Models(cmd) => models::run(&cmd),
         Command::Policy(args) => policy::run(&args, display),
         Command::Run(args) => run::run(&args, display),
+        Command::Trace(cmd) => trace::run(&cmd),
         Command::Bench(BenchCommand::Capture(args)) => bench::capture(display, &args),
         Command::Bench(BenchCommand::Model(args)) => bench::model(&args),
         Command::Bench(BenchCommand::Policy(args)) => bench::policy(&args),
+        Command::Bench(BenchCommand::Step(args)) => bench::step(&args),
     }
 }
 
 fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
-    use std::io::Write;
-    let text = serde_json::to_string_pretty(value)?;
-    match writeln!(std::io::stdout().lock(), "{text}") {
-        // A reader that stopped early (`| head`) is not an error of ours.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        result => Ok(result?),
-    }
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
 }
 
 fn monitors(display: Option<&str>, json: bool) -> Result<(), Failure> {

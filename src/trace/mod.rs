@@ -92,7 +92,10 @@ pub enum Outcome {
     /// `fail`: the model gave up.
     Failed { reason: String },
     /// `call_user`: the model asked a question.
-    Asked { question: String, answer: Option<String> },
+    Asked {
+        question: String,
+        answer: Option<String>,
+    },
     /// Waiting is an action too, but it touches nothing.
     Waited { ms: u64 },
     /// The model, the screen or the input device failed.

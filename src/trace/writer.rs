@@ -40,7 +40,11 @@ impl TraceWriter {
             .filter(char::is_ascii_digit)
             .take(14)
             .collect();
-        let base = format!("{}-{}", &stamp[..8.min(stamp.len())], &stamp[8.min(stamp.len())..]);
+        let base = format!(
+            "{}-{}",
+            &stamp[..8.min(stamp.len())],
+            &stamp[8.min(stamp.len())..]
+        );
         let mut dir = runs.join(&base);
         let mut n = 1;
         // Two runs in one second get their own folders; create_dir fails on an existing one.

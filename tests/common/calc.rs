@@ -58,7 +58,6 @@ pub fn crop(frame: &Frame, r: &Region) -> RgbImage {
     image::imageops::crop_imm(&frame.image, r.0, r.1, r.2 - r.0 + 1, r.3 - r.1 + 1).to_image()
 }
 
-
 impl Calculator {
     /// A button by its label, from the bottom four rows of xcalc's TI-30 layout, whatever rows
     /// the build puts above them:

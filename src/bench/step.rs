@@ -1,0 +1,274 @@
+//! `deskhand bench step`: whole agent steps with the tiny generated VLM on a private 1920x1080
+//! Xvfb, through the real loop (settle, capture, prompt, llama.cpp, policy, executor, trace).
+//! Reports the median of every stage and deskhand's own overhead: everything but the model's
+//! prefill, decode and image encoding, as a share of the step without settling.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use clap::Args;
+use serde::Serialize;
+
+use crate::agent::{self, Guards, RunOptions, Stages, Unattended};
+use crate::cli::Failure;
+use crate::input::{AbortSignal, EnigoDevice, Executor};
+use crate::model::family::FamilyId;
+use crate::model::llama::{EngineConfig, LlamaEngine};
+use crate::model::tiny::{TINY_IMAGE_SIZE, write_tiny_vlm};
+use crate::policy::{Checker, Layer, PolicyEngine};
+use crate::screen::{FrameTarget, Screen, SettleOptions, VirtualDisplay, X11Screen};
+use crate::trace::{Outcome, Recorder, TraceLine, TraceWriter, read_trace};
+
+#[derive(Debug, Args)]
+pub struct StepBenchArgs {
+    /// Steps to measure (after one warm-up step that is not counted).
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Medians in milliseconds.
+#[derive(Debug, Serialize)]
+struct StageMedians {
+    settle: f64,
+    observe: f64,
+    prompt: f64,
+    model: f64,
+    model_prefill: f64,
+    model_decode: f64,
+    model_image_encode: f64,
+    model_other: f64,
+    policy: f64,
+    act: f64,
+    record: f64,
+    total: f64,
+    /// Everything but prefill, decode, image encoding and settling.
+    overhead: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct StepBenchReport {
+    steps: usize,
+    executed: usize,
+    refused: usize,
+    screen: String,
+    medians_ms: StageMedians,
+    /// Median over steps of overhead / (total - settle).
+    overhead_share: f64,
+    target_share: f64,
+    /// The fixed sleep other agents take after every action.
+    fixed_sleep_ms: f64,
+    settle_vs_fixed_sleep: f64,
+}
+
+const TARGET_SHARE: f64 = 0.05;
+const FIXED_SLEEP_MS: f64 = 2000.0;
+
+pub fn step(args: &StepBenchArgs) -> Result<(), Failure> {
+    let display = VirtualDisplay::start(1920, 1080)?;
+    let work = Scratch::new()?;
+    let tiny = write_tiny_vlm(&work.join("model"))?;
+    let mut config = EngineConfig::new(&tiny.model, Some(tiny.mmproj.clone()), FamilyId::Gemma3);
+    config.frame_target = Some(FrameTarget::Fixed {
+        width: TINY_IMAGE_SIZE,
+        height: TINY_IMAGE_SIZE,
+    });
+    let engine = LlamaEngine::load(config)?;
+    let mut session = engine.session()?;
+    let mut screen = X11Screen::connect(Some(display.name()))?;
+    let monitors = screen.monitors()?;
+    let monitor = screen.monitor(None)?;
+    let abort = AbortSignal::new();
+    let mut hands = Executor::new(
+        EnigoDevice::connect(Some(display.name()))?,
+        monitors.clone(),
+        abort.clone(),
+        true,
+    );
+    let policy_engine = PolicyEngine::from_sources(vec![(
+        Layer::User,
+        PathBuf::from("bench-policy.toml"),
+        "schema_version = 1\npreset = \"balanced\"\n".into(),
+    )])?;
+    let mut policy = Checker::new(policy_engine, None);
+    let wanted = args.steps.max(1) + 1;
+    let options = RunOptions {
+        task: "Click the red button.".into(),
+        system_prompt: engine.family().system_prompt().to_owned(),
+        images: 3,
+        dry_run: false,
+        yes: false,
+        frame_target: engine.frame_target(),
+        settle: SettleOptions::default(),
+        guards: Guards {
+            max_steps: wanted as u32,
+            repeats: u32::MAX,
+            unchanged: u32::MAX,
+            refusals: u32::MAX,
+            model_errors: u32::MAX,
+            timeout: Duration::from_secs(3600),
+        },
+        engine: "tiny VLM".into(),
+        policy: "balanced preset".into(),
+    };
+    // A random model may say done early; run again until enough steps are measured.
+    let mut steps = Vec::new();
+    for _ in 0..50 {
+        if steps.len() >= wanted {
+            break;
+        }
+        let mut recorder = TraceWriter::create(&work.join("runs"))?;
+        let dir = recorder
+            .dir()
+            .map(|d| d.to_path_buf())
+            .ok_or_else(|| anyhow!("the trace writer has no folder"))?;
+        eprintln!("running steps {}..{wanted}", steps.len() + 1);
+        agent::run(
+            &options,
+            Stages {
+                screen: &mut screen,
+                monitor: monitor.clone(),
+                monitors: monitors.clone(),
+                backend: &mut session,
+                policy: &mut policy,
+                hands: &mut hands,
+                recorder: &mut recorder,
+                user: &mut Unattended,
+                abort: abort.clone(),
+            },
+        );
+        drop(recorder);
+        let (lines, _) = read_trace(&dir.join("trace.jsonl"))?;
+        steps.extend(lines.into_iter().filter_map(|l| match l {
+            TraceLine::Step(s) => Some(*s),
+            _ => None,
+        }));
+    }
+    // The first step loads caches and warms the projector; it is not a typical step.
+    let measured: Vec<_> = steps.into_iter().skip(1).take(args.steps.max(1)).collect();
+    if measured.is_empty() {
+        return Err(anyhow!("no steps were recorded").into());
+    }
+    let median_of = |f: &dyn Fn(&crate::trace::StepRecord) -> f64| {
+        let mut values: Vec<f64> = measured.iter().map(f).collect();
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let model_core = |s: &crate::trace::StepRecord| {
+        s.model.as_ref().map_or(0.0, |m| {
+            m.timings.prefill_ms + m.timings.decode_ms + m.timings.image_encode_ms
+        })
+    };
+    let overhead =
+        |s: &crate::trace::StepRecord| s.timings.total_ms - s.timings.settle_ms - model_core(s);
+    let medians = StageMedians {
+        settle: median_of(&|s| s.timings.settle_ms),
+        observe: median_of(&|s| s.timings.observe_ms),
+        prompt: median_of(&|s| s.timings.prompt_ms),
+        model: median_of(&|s| s.timings.model_ms),
+        model_prefill: median_of(&|s| s.model.as_ref().map_or(0.0, |m| m.timings.prefill_ms)),
+        model_decode: median_of(&|s| s.model.as_ref().map_or(0.0, |m| m.timings.decode_ms)),
+        model_image_encode: median_of(&|s| {
+            s.model.as_ref().map_or(0.0, |m| m.timings.image_encode_ms)
+        }),
+        model_other: median_of(&|s| s.timings.model_ms - model_core(s)),
+        policy: median_of(&|s| s.timings.policy_ms),
+        act: median_of(&|s| s.timings.act_ms),
+        record: median_of(&|s| s.timings.record_ms),
+        total: median_of(&|s| s.timings.total_ms),
+        overhead: median_of(&overhead),
+    };
+    let overhead_share = median_of(&|s| {
+        let work = s.timings.total_ms - s.timings.settle_ms;
+        if work > 0.0 { overhead(s) / work } else { 0.0 }
+    });
+    let count = |f: &dyn Fn(&Outcome) -> bool| measured.iter().filter(|s| f(&s.outcome)).count();
+    let report = StepBenchReport {
+        steps: measured.len(),
+        executed: count(&|o| matches!(o, Outcome::Executed { .. })),
+        refused: count(&|o| matches!(o, Outcome::Refused { .. })),
+        screen: format!("{}x{} Xvfb", monitor.width, monitor.height),
+        settle_vs_fixed_sleep: medians.settle / FIXED_SLEEP_MS,
+        medians_ms: medians,
+        overhead_share,
+        target_share: TARGET_SHARE,
+        fixed_sleep_ms: FIXED_SLEEP_MS,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let m = &report.medians_ms;
+    println!(
+        "{} steps of the tiny VLM on a {} ({} threads), medians:",
+        report.steps,
+        report.screen,
+        engine.threads()
+    );
+    println!(
+        "  settle        {:>8.1} ms  (includes its captures and downscales)",
+        m.settle
+    );
+    println!(
+        "  observe       {:>8.1} ms  (active window, frame bookkeeping)",
+        m.observe
+    );
+    println!("  prompt        {:>8.2} ms", m.prompt);
+    println!(
+        "  model         {:>8.1} ms  (prefill {:.1}, decode {:.1}, image encode {:.1}, other {:.1})",
+        m.model, m.model_prefill, m.model_decode, m.model_image_encode, m.model_other
+    );
+    println!("  policy        {:>8.3} ms", m.policy);
+    println!("  act           {:>8.1} ms", m.act);
+    println!("  record        {:>8.2} ms", m.record);
+    println!("  step total    {:>8.1} ms", m.total);
+    println!(
+        "  outcomes: {} executed, {} refused by the policy, {} other (waits, done, fail, errors)",
+        report.executed,
+        report.refused,
+        report.steps - report.executed - report.refused
+    );
+    println!(
+        "deskhand overhead (all but prefill, decode, image encode and settling): median {:.1} ms, {:.1}% of the step without settling (target < {:.0}%): {}",
+        m.overhead,
+        report.overhead_share * 100.0,
+        TARGET_SHARE * 100.0,
+        if report.overhead_share < TARGET_SHARE {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+    println!(
+        "settling took a median {:.0} ms, against the fixed {:.0} ms sleep other agents take: {:.1}x shorter",
+        m.settle,
+        FIXED_SLEEP_MS,
+        FIXED_SLEEP_MS / m.settle.max(0.001)
+    );
+    Ok(())
+}
+
+/// A scratch folder for the tiny model and the traces, removed when the bench ends.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Result<Scratch, Failure> {
+        let dir = std::env::temp_dir().join(format!("deskhand-bench-step-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(Scratch(dir))
+    }
+
+    fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
