@@ -184,6 +184,15 @@ fn done() -> String {
 }
 
 /// The step lines of a trace, by step number.
+/// A script of `n` 100 ms waits, then done. Waits are never "executed" input, so neither the
+/// repeat guard nor the unchanged-screen guard stops them.
+fn waits_then_done(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| action(r#"{"action":"wait","ms":100}"#))
+        .chain([done()])
+        .collect()
+}
+
 fn step(trace: &[Value], n: u64) -> &Value {
     trace
         .iter()
@@ -325,12 +334,8 @@ fn kill_9_mid_run_leaves_a_trace_whose_every_line_parses() {
     let display = display(800, 600);
     let _window = TestWindow::open(&display, "640x480+0+0", "kill -9");
     let setup = Setup::new(BALANCED);
-    // Waits are never "executed" input, so neither the repeat guard nor the unchanged-screen
-    // guard stops them; 40 of them outlast the moment the test kills the run.
-    let waits: Vec<String> = (0..40)
-        .map(|_| action(r#"{"action":"wait","ms":100}"#))
-        .chain([done()])
-        .collect();
+    // 40 waits outlast the moment the test kills the run.
+    let waits = waits_then_done(40);
     let script = setup.script(&waits);
     let mut child = setup.spawn(
         &display,
@@ -478,10 +483,7 @@ fn a_run_holds_no_inet_sockets_while_it_works() {
     let display = display(800, 600);
     let _window = TestWindow::open(&display, "640x480+0+0", "sockets");
     let setup = Setup::new(BALANCED);
-    let waits: Vec<String> = (0..20)
-        .map(|_| action(r#"{"action":"wait","ms":100}"#))
-        .chain([done()])
-        .collect();
+    let waits = waits_then_done(20);
     let script = setup.script(&waits);
     let mut child = setup.spawn(
         &display,

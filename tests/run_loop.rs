@@ -7,10 +7,10 @@ mod calc;
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{TestWindow, display, find_colour};
+use common::{Kill, TestWindow, display, find_colour};
 use deskhand::agent::{self, Guards, RunOptions, RunResult, Stages, Unattended};
 use deskhand::input::{AbortSignal, Action, EnigoDevice, Executor, Hands, MouseButton};
 use deskhand::model::{Backend, ModelError, Prompt, Reply, Timings};
@@ -201,14 +201,6 @@ fn the_loop_clicks_the_red_button_and_types_into_the_field() {
     }
     assert!(matches!(lines.first(), Some(TraceLine::Start(_))));
     assert!(matches!(lines.last(), Some(TraceLine::End(end)) if end.exit_code == 0));
-}
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]

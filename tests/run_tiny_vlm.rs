@@ -3,35 +3,28 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{TestWindow, display, held_by_server};
 use deskhand::model::tiny::write_tiny_vlm;
+use deskhand::screen::VirtualDisplay;
 use deskhand::trace::{Outcome, TraceLine, read_trace};
 
-#[test]
-fn the_tiny_vlm_runs_five_checked_and_recorded_steps() {
-    let display = display(1280, 800);
-    let _window = TestWindow::open(&display, "640x480+100+100", "tiny vlm run");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let tiny = write_tiny_vlm(&dir.path().join("model")).expect("tiny VLM");
-    let policy = dir.path().join("policy.toml");
+/// `deskhand run` with a freshly written tiny VLM and a balanced policy, recording under
+/// `dir/runs`, with nobody at the terminal.
+fn tiny_run(display: &VirtualDisplay, dir: &Path, max_steps: u32) -> Command {
+    let tiny = write_tiny_vlm(&dir.join("model")).expect("tiny VLM");
+    let policy = dir.join("policy.toml");
     // Random weights propose anything; the policy decides, the executor runs what it allows.
     std::fs::write(&policy, "schema_version = 1\npreset = \"balanced\"\n").expect("policy");
-    let runs = dir.path().join("runs");
-
-    let out = Command::new(env!("CARGO_BIN_EXE_deskhand"))
-        .args([
-            "run",
-            "Click the red button.",
-            "--max-steps",
-            "5",
-            "--family",
-            "gemma3",
-        ])
+    let mut command = Command::new(env!("CARGO_BIN_EXE_deskhand"));
+    command
+        .args(["run", "Click the red button.", "--family", "gemma3"])
+        .args(["--max-steps", &max_steps.to_string()])
         // Random weights repeat themselves; the guards that stop that are tested elsewhere.
-        .args(["--max-repeats", "10", "--max-unchanged", "10"])
+        .args(["--max-repeats", "1000", "--max-unchanged", "1000"])
         .arg("--model")
         .arg(&tiny.model)
         .arg("--mmproj")
@@ -39,10 +32,22 @@ fn the_tiny_vlm_runs_five_checked_and_recorded_steps() {
         .arg("--policy")
         .arg(&policy)
         .env("DISPLAY", display.name())
-        .env("DESKHAND_RUNS_DIR", &runs)
-        .env("DESKHAND_GRANTS", dir.path().join("grants.toml"))
+        .env("DESKHAND_RUNS_DIR", dir.join("runs"))
+        .env("DESKHAND_GRANTS", dir.join("grants.toml"))
         .env("DESKHAND_SYSTEM_POLICY", "")
-        .stdin(Stdio::null())
+        .stdin(Stdio::null());
+    command
+}
+
+#[test]
+fn the_tiny_vlm_runs_five_checked_and_recorded_steps() {
+    let display = display(1280, 800);
+    let _window = TestWindow::open(&display, "640x480+100+100", "tiny vlm run");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let runs = dir.path().join("runs");
+    let out = tiny_run(&display, dir.path(), 5)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .output()
         .expect("run deskhand");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -125,31 +130,8 @@ fn ctrl_c_mid_run_stops_within_moments_releases_input_and_records_the_abort() {
     let display = display(1280, 800);
     let _window = TestWindow::open(&display, "640x480+100+100", "tiny vlm abort");
     let dir = tempfile::tempdir().expect("temp dir");
-    let tiny = write_tiny_vlm(&dir.path().join("model")).expect("tiny VLM");
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(&policy, "schema_version = 1\npreset = \"balanced\"\n").expect("policy");
     let runs = dir.path().join("runs");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_deskhand"))
-        .args([
-            "run",
-            "Click the red button.",
-            "--max-steps",
-            "200",
-            "--family",
-            "gemma3",
-        ])
-        .args(["--max-repeats", "1000", "--max-unchanged", "1000"])
-        .arg("--model")
-        .arg(&tiny.model)
-        .arg("--mmproj")
-        .arg(&tiny.mmproj)
-        .arg("--policy")
-        .arg(&policy)
-        .env("DISPLAY", display.name())
-        .env("DESKHAND_RUNS_DIR", &runs)
-        .env("DESKHAND_GRANTS", dir.path().join("grants.toml"))
-        .env("DESKHAND_SYSTEM_POLICY", "")
-        .stdin(Stdio::null())
+    let mut child = tiny_run(&display, dir.path(), 200)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

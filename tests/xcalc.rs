@@ -5,24 +5,16 @@
 mod calc;
 mod common;
 
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use calc::{centre, crop, find_calculator};
-use common::display;
+use common::{Kill, display};
 use deskhand::input::{AbortSignal, Action, EnigoDevice, Executor, Hands, MouseButton};
 use deskhand::screen::{
     FrameTarget, ModelPoint, PointFormat, Screen, SettleOptions, X11Screen, wait_until_stable,
 };
 use image::RgbImage;
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 fn xcalc_computes_seven_times_six() {

@@ -20,7 +20,7 @@ use crate::input::{
 use crate::model::Backend;
 use crate::model::family::FamilyId;
 use crate::model::llama::{EngineConfig, LlamaEngine};
-use crate::model::store::{Store, StoreConfig, check_pair, guess_family};
+use crate::model::store::{InstalledModel, Store, StoreConfig, check_pair, guess_family};
 use crate::policy::{Checker, GrantStore, PolicyEngine, PolicyPaths};
 use crate::screen::{FrameTarget, Screen, SettleOptions, X11Screen};
 use crate::trace::{Recorder, RunEnd, TraceLine, TraceWriter, now_rfc3339, runs_dir};
@@ -289,14 +289,7 @@ fn engine_config(args: &RunArgs) -> Result<(EngineConfig, String), Failure> {
             return Ok((config, format!("{model} ({})", family.name())));
         }
         return match store.find_installed(model)? {
-            Some(installed) => Ok((
-                EngineConfig::new(
-                    &installed.model_path,
-                    Some(installed.mmproj_path.clone()),
-                    installed.family,
-                ),
-                installed.name,
-            )),
+            Some(installed) => Ok(installed_config(installed)),
             None if store.catalog().get(model).is_some() => Err(bad_input(anyhow!(
                 "the model {model} is not installed; download it first with {}",
                 pull_hint(model)
@@ -307,19 +300,23 @@ fn engine_config(args: &RunArgs) -> Result<(EngineConfig, String), Failure> {
         };
     }
     match store.installed()?.into_iter().next() {
-        Some(installed) => Ok((
-            EngineConfig::new(
-                &installed.model_path,
-                Some(installed.mmproj_path.clone()),
-                installed.family,
-            ),
-            installed.name,
-        )),
+        Some(installed) => Ok(installed_config(installed)),
         None => Err(bad_input(anyhow!(
             "no vision model is installed. Download the recommended one with {}, register files you have with `deskhand models add`, or replay actions with --script FILE. deskhand run never downloads anything itself.",
             pull_hint(RECOMMENDED_MODEL)
         ))),
     }
+}
+
+fn installed_config(installed: InstalledModel) -> (EngineConfig, String) {
+    (
+        EngineConfig::new(
+            &installed.model_path,
+            Some(installed.mmproj_path),
+            installed.family,
+        ),
+        installed.name,
+    )
 }
 
 /// Appends the abort to the trace from whatever thread noticed it. One `write` of a short line

@@ -471,12 +471,7 @@ impl PolicyEngine {
         let mut used = Vec::new();
         let mut session_used = false;
         for asking in decision.asking() {
-            let scope = GrantScope {
-                rule: asking.id.clone(),
-                app: request.app.clone(),
-                action: request.action.kind().to_owned(),
-                intent,
-            };
+            let scope = grant_scope(asking, request, intent);
             if let Some(grant) = self.grants.iter().find(|g| g.covers(&scope, now)) {
                 used.push(grant.id.clone());
             } else if let Some(grant) = self.session_grants.iter().find(|g| g.covers(&scope, now)) {
@@ -536,6 +531,17 @@ impl PolicyEngine {
             }
         }
         failures
+    }
+}
+
+/// What a grant for `asking`'s ask on `request` covers: that rule, this app, this action kind,
+/// this (riskiest) intent.
+fn grant_scope(asking: &Match, request: &Request, intent: Intent) -> GrantScope {
+    GrantScope {
+        rule: asking.id.clone(),
+        app: request.app.clone(),
+        action: request.action.kind().to_owned(),
+        intent,
     }
 }
 
@@ -807,12 +813,7 @@ impl Checker {
         let intent = decision.intents.last().copied().unwrap_or(Intent::Other);
         let wall = SystemTime::now();
         for asking in decision.asking() {
-            let scope = GrantScope {
-                rule: asking.id.clone(),
-                app: request.app.clone(),
-                action: request.action.kind().to_owned(),
-                intent,
-            };
+            let scope = grant_scope(asking, request, intent);
             match (answer, &self.store) {
                 (Answer::Always, Some(store)) => {
                     let (grant, _) = store.add(scope, None)?;

@@ -16,6 +16,16 @@ use x11rb::connection::Connection;
 use x11rb::protocol::xproto::ConnectionExt as _;
 use x11rb::wrapper::ConnectionExt as _;
 
+/// A child process (xcalc, say) that is killed and reaped when the test ends, pass or fail.
+pub struct Kill(pub Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Start a private X display of `width` x `height`.
 pub fn display(width: u32, height: u32) -> VirtualDisplay {
     match VirtualDisplay::start(width, height) {
