@@ -591,6 +591,18 @@ impl App {
         if bytes.is_empty() {
             return Ok(());
         }
+        self.write(font, left, BANNER_TOP, BANNER_HEIGHT, &bytes)
+    }
+
+    /// Black Latin-1 text on white, left edge at `x`, centred in the band `top..top + height`.
+    fn write(
+        &self,
+        font: &TextFont,
+        x: i32,
+        top: i32,
+        height: i32,
+        bytes: &[u8],
+    ) -> Result<(), ConnectionError> {
         self.conn.change_gc(
             self.gc,
             &ChangeGCAux::new()
@@ -598,14 +610,9 @@ impl App {
                 .background(self.palette.white)
                 .font(font.font),
         )?;
-        let baseline = BANNER_TOP + (BANNER_HEIGHT + font.ascent - font.descent) / 2;
-        self.conn.image_text8(
-            self.window,
-            self.gc,
-            clamp16(left),
-            clamp16(baseline),
-            &bytes,
-        )?;
+        let baseline = top + (height + font.ascent - font.descent) / 2;
+        self.conn
+            .image_text8(self.window, self.gc, clamp16(x), clamp16(baseline), bytes)?;
         Ok(())
     }
 
@@ -628,22 +635,7 @@ impl App {
         if visible.is_empty() {
             return Ok(());
         }
-        self.conn.change_gc(
-            self.gc,
-            &ChangeGCAux::new()
-                .foreground(self.palette.black)
-                .background(self.palette.white)
-                .font(font.font),
-        )?;
-        let baseline = fy + (fh + font.ascent - font.descent) / 2;
-        self.conn.image_text8(
-            self.window,
-            self.gc,
-            clamp16(fx + 4),
-            clamp16(baseline),
-            visible,
-        )?;
-        Ok(())
+        self.write(font, fx + 4, fy, fh, visible)
     }
 
     fn focus_self(&self) -> Result<(), ConnectionError> {
