@@ -194,6 +194,11 @@ fn ctrl_c_mid_run_stops_within_moments_releases_input_and_records_the_abort() {
             assert_eq!(end.exit_code, 130);
             assert_eq!(end.status, "aborted");
             assert!(end.message.contains("SIGINT"), "{}", end.message);
+            let steps = lines
+                .iter()
+                .filter(|l| matches!(l, TraceLine::Step(_)))
+                .count();
+            assert_eq!(end.steps as usize, steps);
         }
         other => panic!("the abort was not recorded: {other:?}"),
     }

@@ -322,9 +322,15 @@ fn installed_config(installed: InstalledModel) -> (EngineConfig, String) {
 /// Appends the abort to the trace from whatever thread noticed it. One `write` of a short line
 /// to a file opened for appending lands whole after the loop's own lines.
 fn append_abort(trace: &Path, reason: AbortReason) {
+    // This thread does not know the loop's step count; the trace does.
+    let steps = std::fs::read_to_string(trace).map_or(0, |text| {
+        text.lines()
+            .filter(|l| l.starts_with(r#"{"record":"step""#))
+            .count()
+    });
     let line = TraceLine::End(RunEnd {
         ended: now_rfc3339(),
-        steps: 0,
+        steps: u32::try_from(steps).unwrap_or(u32::MAX),
         exit_code: ABORT_EXIT_CODE,
         status: "aborted".into(),
         message: format!("aborted: {reason}"),
