@@ -623,3 +623,25 @@ fn a_bad_script_line_is_bad_input() {
     assert!(stderr.contains("script.jsonl:2"), "{stderr}");
     assert!(setup.run_dirs().is_empty(), "a run folder was created");
 }
+
+#[test]
+fn a_missing_policy_named_on_the_command_line_is_bad_input() {
+    let display = display(640, 480);
+    let setup = Setup::new(BALANCED);
+    let script = setup.script(&[click(10, 10), done()]);
+    let missing = setup.path("polcy.toml");
+    let child = setup.spawn(
+        &display,
+        "anything",
+        &[
+            OsString::from("--script"),
+            script.into(),
+            "--policy".into(),
+            missing.clone().into(),
+        ],
+    );
+    let (code, _, stderr) = setup.finish(child);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("polcy.toml: no such file"), "{stderr}");
+    assert!(setup.run_dirs().is_empty(), "a run folder was created");
+}

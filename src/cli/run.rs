@@ -94,6 +94,14 @@ pub fn run(args: &RunArgs, display: Option<&str>) -> Result<(), Failure> {
     // Policy first: a broken one stops everything before a model is loaded.
     let mut paths = PolicyPaths::from_env()?;
     if let Some(policy) = &args.policy {
+        // A policy named on the command line that is not there is a typo, not a wish for the
+        // built-in preset.
+        if !policy.is_file() {
+            return Err(bad_input(anyhow!(
+                "--policy {}: no such file; write one with `deskhand policy init --policy {0}`",
+                policy.display()
+            )));
+        }
         paths.user = policy.clone();
     }
     let engine = PolicyEngine::load(&paths);
