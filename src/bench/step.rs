@@ -1,7 +1,8 @@
 //! `deskhand bench step`: whole agent steps with the tiny generated VLM on a private 1920x1080
 //! Xvfb, through the real loop (settle, capture, prompt, llama.cpp, policy, executor, trace).
-//! Reports the median of every stage and deskhand's own overhead: everything but the model's
-//! prefill, decode and image encoding, as a share of the step without settling.
+//! Reports the median of every stage and deskhand's own overhead as a share of the step without
+//! settling: everything but the model's prefill, decode and image encoding, once with the time
+//! the executor spends pacing the action's input events and once without it.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -45,8 +46,10 @@ struct StageMedians {
     act: f64,
     record: f64,
     total: f64,
-    /// Everything but prefill, decode, image encoding and settling.
+    /// Everything but prefill, decode, image encoding, settling and the action's own input.
     overhead: f64,
+    /// The same plus the executor's time (moves, presses and the pauses between them).
+    overhead_with_act: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -58,6 +61,7 @@ struct StepBenchReport {
     medians_ms: StageMedians,
     /// Median over steps of overhead / (total - settle).
     overhead_share: f64,
+    overhead_with_act_share: f64,
     target_share: f64,
     /// The fixed sleep other agents take after every action.
     fixed_sleep_ms: f64,
@@ -91,7 +95,9 @@ pub fn step(args: &StepBenchArgs) -> Result<(), Failure> {
     let policy_engine = PolicyEngine::from_sources(vec![(
         Layer::User,
         PathBuf::from("bench-policy.toml"),
-        "schema_version = 1\npreset = \"balanced\"\n".into(),
+        // Everything the floor allows runs, and no budget pauses the run: the benchmark is
+        // about the time each stage takes, so the actions must really execute.
+        "schema_version = 1\npreset = \"permissive\"\n[budgets]\nsteps_per_task = 1000000\nactions_per_minute = 1000000\nidentical_actions = 1000000\ntask_timeout_s = 86400\n".into(),
     )])?;
     let mut policy = Checker::new(policy_engine, None);
     let wanted = args.steps.max(1) + 1;
@@ -112,7 +118,7 @@ pub fn step(args: &StepBenchArgs) -> Result<(), Failure> {
             timeout: Duration::from_secs(3600),
         },
         engine: "tiny VLM".into(),
-        policy: "balanced preset".into(),
+        policy: "permissive preset, no budgets".into(),
     };
     // A random model may say done early; run again until enough steps are measured.
     let mut steps = Vec::new();
@@ -162,8 +168,9 @@ pub fn step(args: &StepBenchArgs) -> Result<(), Failure> {
             m.timings.prefill_ms + m.timings.decode_ms + m.timings.image_encode_ms
         })
     };
-    let overhead =
+    let overhead_with_act =
         |s: &crate::trace::StepRecord| s.timings.total_ms - s.timings.settle_ms - model_core(s);
+    let overhead = |s: &crate::trace::StepRecord| overhead_with_act(s) - s.timings.act_ms;
     let medians = StageMedians {
         settle: median_of(&|s| s.timings.settle_ms),
         observe: median_of(&|s| s.timings.observe_ms),
@@ -180,11 +187,16 @@ pub fn step(args: &StepBenchArgs) -> Result<(), Failure> {
         record: median_of(&|s| s.timings.record_ms),
         total: median_of(&|s| s.timings.total_ms),
         overhead: median_of(&overhead),
+        overhead_with_act: median_of(&overhead_with_act),
     };
-    let overhead_share = median_of(&|s| {
-        let work = s.timings.total_ms - s.timings.settle_ms;
-        if work > 0.0 { overhead(s) / work } else { 0.0 }
-    });
+    let share = |part: &dyn Fn(&crate::trace::StepRecord) -> f64| {
+        median_of(&|s| {
+            let work = s.timings.total_ms - s.timings.settle_ms;
+            if work > 0.0 { part(s) / work } else { 0.0 }
+        })
+    };
+    let overhead_share = share(&overhead);
+    let overhead_with_act_share = share(&overhead_with_act);
     let count = |f: &dyn Fn(&Outcome) -> bool| measured.iter().filter(|s| f(&s.outcome)).count();
     let report = StepBenchReport {
         steps: measured.len(),
@@ -194,6 +206,7 @@ pub fn step(args: &StepBenchArgs) -> Result<(), Failure> {
         settle_vs_fixed_sleep: medians.settle / FIXED_SLEEP_MS,
         medians_ms: medians,
         overhead_share,
+        overhead_with_act_share,
         target_share: TARGET_SHARE,
         fixed_sleep_ms: FIXED_SLEEP_MS,
     };
@@ -226,21 +239,30 @@ pub fn step(args: &StepBenchArgs) -> Result<(), Failure> {
     println!("  record        {:>8.2} ms", m.record);
     println!("  step total    {:>8.1} ms", m.total);
     println!(
-        "  outcomes: {} executed, {} refused by the policy, {} other (waits, done, fail, errors)",
+        "  outcomes: {} executed, {} refused, {} other (waits, done, fail, errors)",
         report.executed,
         report.refused,
         report.steps - report.executed - report.refused
     );
-    println!(
-        "deskhand overhead (all but prefill, decode, image encode and settling): median {:.1} ms, {:.1}% of the step without settling (target < {:.0}%): {}",
-        m.overhead,
-        report.overhead_share * 100.0,
-        TARGET_SHARE * 100.0,
-        if report.overhead_share < TARGET_SHARE {
+    let verdict = |share: f64| {
+        if share < TARGET_SHARE {
             "met"
         } else {
             "NOT met"
         }
+    };
+    println!(
+        "deskhand overhead (all but prefill, decode, image encode, input and settling): median {:.2} ms, {:.1}% of the step without settling (target < {:.0}%): {}",
+        m.overhead,
+        report.overhead_share * 100.0,
+        TARGET_SHARE * 100.0,
+        verdict(report.overhead_share)
+    );
+    println!(
+        "  counting the executor's input pacing as overhead too: median {:.1} ms, {:.1}%: {}",
+        m.overhead_with_act,
+        report.overhead_with_act_share * 100.0,
+        verdict(report.overhead_with_act_share)
     );
     println!(
         "settling took a median {:.0} ms, against the fixed {:.0} ms sleep other agents take: {:.1}x shorter",
