@@ -674,7 +674,7 @@ fn history_line(
         Outcome::Refused {
             by: Refuser::Policy,
             ..
-        } => format!("denied by policy: {}", decision.reason),
+        } => decision.refusal(),
         Outcome::Refused {
             by: Refuser::User, ..
         } => "the user refused it".to_owned(),

@@ -110,10 +110,6 @@ impl BudgetTracker {
         }
     }
 
-    pub fn limits(&self) -> &BudgetLimits {
-        &self.limits
-    }
-
     /// Counts one more step and says whether running `action` now would break a budget.
     pub fn check(
         &mut self,

@@ -753,10 +753,6 @@ impl Checker {
         }
     }
 
-    pub fn engine(&self) -> &PolicyEngine {
-        &self.engine
-    }
-
     pub fn check_at(&mut self, request: &Request, now: Instant) -> Decision {
         let mut decision = self.engine.decide(request);
         if decision.decision == Verdict::Deny || request.action.is_terminal() {
