@@ -103,8 +103,9 @@ struct State {
     unchanged: u32,
     refusals: u32,
     model_errors: u32,
-    /// The screen before the last executed action, to notice actions that change nothing.
-    before_action: Option<Frame>,
+    /// Whether the last step executed an action: then this step's frame, compared with the
+    /// previous one, shows whether it changed anything.
+    acted: bool,
 }
 
 enum Next {
@@ -177,7 +178,7 @@ pub fn run(options: &RunOptions, stages: Stages<'_>) -> RunResult {
         unchanged: 0,
         refusals: 0,
         model_errors: 0,
-        before_action: None,
+        acted: false,
     };
     let mut context = Context {
         options,
@@ -299,8 +300,9 @@ impl Context<'_, '_> {
         timings.settle_ms = ms(observed.settle_time);
         timings.observe_ms = ms(observe_total.saturating_sub(observed.settle_time));
         let settled = observed.settle_time < self.options.settle.timeout;
-        if let Some(before) = state.before_action.take() {
-            if before.image == observed.frame.image {
+        if std::mem::take(&mut state.acted) {
+            let before = state.frames.last().map(|f| &f.image);
+            if before == Some(&observed.frame.image) {
                 state.unchanged += 1;
             } else {
                 state.unchanged = 0;
@@ -334,7 +336,11 @@ impl Context<'_, '_> {
         // Think.
         self.user.phase(step, "model");
         let prompt_started = Instant::now();
-        state.frames.push(observed.frame.clone());
+        let frame = Some(FrameRecord {
+            file: frame_file,
+            map: observed.frame.map.clone(),
+        });
+        state.frames.push(observed.frame);
         let keep = self.options.images.max(1);
         if state.frames.len() > keep {
             let excess = state.frames.len() - keep;
@@ -355,10 +361,6 @@ impl Context<'_, '_> {
         let model_started = Instant::now();
         let reply = self.backend.reply(&prompt);
         timings.model_ms = ms(model_started.elapsed());
-        let frame = Some(FrameRecord {
-            file: frame_file,
-            map: observed.frame.map.clone(),
-        });
         let reply = match reply {
             Ok(reply) => reply,
             Err(e) => {
@@ -465,7 +467,7 @@ impl Context<'_, '_> {
         timings.act_ms = ms(act_started.elapsed());
         if matches!(outcome, Outcome::Executed { .. }) {
             self.policy.executed(&request, &decision);
-            state.before_action = Some(observed.frame.clone());
+            state.acted = true;
         }
 
         // Record.
