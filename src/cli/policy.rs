@@ -1,7 +1,7 @@
 //! `deskhand policy ...`: write, check, explain and replay the policy, and manage grants.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow};
@@ -14,6 +14,7 @@ use crate::policy::{
     starter_policy,
 };
 use crate::screen::{Screen, X11Screen};
+use crate::trace::read_jsonl;
 
 #[derive(Debug, Args)]
 pub struct PolicyArgs {
@@ -311,37 +312,12 @@ struct Recorded {
 }
 
 fn read_trace(path: &Path) -> Result<Vec<Recorded>, Failure> {
-    let file = std::fs::File::open(path)
-        .with_context(|| format!("cannot open the trace {}", path.display()))
-        .map_err(bad_input)?;
-    let lines: Vec<String> = BufReader::new(file)
-        .lines()
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("cannot read {}", path.display()))?;
+    let (lines, warnings) = read_jsonl::<serde_json::Value>(path).map_err(bad_input)?;
+    for warning in warnings {
+        eprintln!("warning: {warning}; skipped");
+    }
     let mut recorded = Vec::new();
-    let last = lines.len();
-    for (i, line) in lines.iter().enumerate() {
-        let number = i + 1;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let value: serde_json::Value = match serde_json::from_str(line) {
-            Ok(value) => value,
-            // A run killed mid-write can leave a torn last line; anything else is a bad file.
-            Err(e) if number == last => {
-                eprintln!(
-                    "warning: {}:{number}: the last line is not complete JSON ({e}); skipped",
-                    path.display()
-                );
-                continue;
-            }
-            Err(e) => {
-                return Err(bad_input(anyhow!(
-                    "{}:{number}: not a JSON line: {e}",
-                    path.display()
-                )));
-            }
-        };
+    for (number, value) in lines {
         let (Some(request), Some(decision)) = (value.get("request"), value.get("decision")) else {
             continue; // run headers, aborts and notes carry no request
         };

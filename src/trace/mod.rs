@@ -18,7 +18,7 @@ use crate::policy::{Answer, Decision, Request};
 use crate::screen::FrameMap;
 
 pub use report::{render_report, write_report};
-pub use writer::{TraceWriter, read_trace, runs_dir};
+pub use writer::{TraceWriter, read_jsonl, read_trace, runs_dir};
 
 /// One line of `trace.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

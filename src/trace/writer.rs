@@ -168,6 +168,17 @@ fn write_png(path: &Path, image: &image::RgbImage) -> Result<(), String> {
 /// Reads a run's `trace.jsonl`. A torn last line (a run killed mid-write) is skipped with a
 /// warning in the second value; a bad line anywhere else is an error.
 pub fn read_trace(path: &Path) -> Result<(Vec<TraceLine>, Vec<String>), TraceError> {
+    let (lines, warnings) = read_jsonl(path)?;
+    Ok((lines.into_iter().map(|(_, line)| line).collect(), warnings))
+}
+
+/// Records with their 1-based line numbers, and warnings about a torn last line.
+pub type JsonLines<T> = (Vec<(usize, T)>, Vec<String>);
+
+/// Reads a JSON Lines file as `T`s, each with its 1-based line number. Blank lines are skipped;
+/// a last line that does not parse is a warning (a writer killed mid-line leaves one), any
+/// other bad line an error naming `file:line`.
+pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<JsonLines<T>, TraceError> {
     let file = File::open(path).map_err(|e| TraceError::io("open", path, e))?;
     let lines: Vec<String> = BufReader::new(file)
         .lines()
@@ -177,20 +188,20 @@ pub fn read_trace(path: &Path) -> Result<(Vec<TraceLine>, Vec<String>), TraceErr
     let mut warnings = Vec::new();
     let last = lines.len();
     for (i, line) in lines.iter().enumerate() {
+        let number = i + 1;
         if line.trim().is_empty() {
             continue;
         }
-        match serde_json::from_str::<TraceLine>(line) {
-            Ok(record) => parsed.push(record),
-            Err(e) if i + 1 == last => warnings.push(format!(
-                "{}:{}: the last line is incomplete ({e}); the run was probably killed mid-step",
-                path.display(),
-                i + 1
+        match serde_json::from_str::<T>(line) {
+            Ok(record) => parsed.push((number, record)),
+            Err(e) if number == last => warnings.push(format!(
+                "{}:{number}: the last line is incomplete ({e}); the run was probably killed mid-step",
+                path.display()
             )),
             Err(e) => {
                 return Err(TraceError::Parse {
                     path: path.to_path_buf(),
-                    line: i + 1,
+                    line: number,
                     problem: e.to_string(),
                 });
             }
