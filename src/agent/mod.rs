@@ -706,19 +706,8 @@ fn summary_line(
         .rule
         .clone()
         .unwrap_or_else(|| format!("{:?}", decision.layer).to_lowercase());
-    let what = match outcome {
-        Outcome::Executed { .. } => "executed".to_owned(),
-        Outcome::DryRun => "dry run".to_owned(),
-        Outcome::Refused { by, reason } => format!("refused by {by:?}: {reason}").to_lowercase(),
-        Outcome::Done { .. } => "done".to_owned(),
-        Outcome::Failed { .. } => "failed".to_owned(),
-        Outcome::Asked { .. } => "asked the user".to_owned(),
-        Outcome::Waited { .. } => "waited".to_owned(),
-        Outcome::Error { error, .. } => format!("error: {error}"),
-        Outcome::Aborted { reason } => format!("aborted: {reason}"),
-    };
     format!(
-        "step {step}: {action} -> {verdict} ({by}), {what} | settle {:.0} ms, capture {:.0} ms, model {:.0} ms, policy {:.2} ms, act {:.0} ms",
+        "step {step}: {action} -> {verdict} ({by}), {outcome} | settle {:.0} ms, capture {:.0} ms, model {:.0} ms, policy {:.2} ms, act {:.0} ms",
         t.settle_ms, t.observe_ms, t.model_ms, t.policy_ms, t.act_ms
     )
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use clap::Subcommand;
 
 use crate::cli::{Failure, bad_input, print_json};
-use crate::trace::{Outcome, TraceError, TraceLine, read_trace, runs_dir, write_report};
+use crate::trace::{TraceError, TraceLine, read_trace, runs_dir, write_report};
 
 #[derive(Debug, Subcommand)]
 pub enum TraceCommand {
@@ -174,7 +174,7 @@ fn show(name: &str, json: bool) -> Result<(), Failure> {
                 println!(
                     "step {:>3}: {action}{decision}: {} [settle {:.0} ms, model {:.0} ms, policy {:.2} ms, act {:.0} ms]",
                     step.step,
-                    outcome_words(&step.outcome),
+                    step.outcome,
                     step.timings.settle_ms,
                     step.timings.model_ms,
                     step.timings.policy_ms,
@@ -196,23 +196,4 @@ fn show(name: &str, json: bool) -> Result<(), Failure> {
         println!("end:    the run did not finish (killed or crashed)");
     }
     Ok(())
-}
-
-fn outcome_words(outcome: &Outcome) -> String {
-    match outcome {
-        Outcome::Executed { events, ms } => format!("executed ({events} events, {ms:.0} ms)"),
-        Outcome::DryRun => "not executed (dry run)".into(),
-        Outcome::Refused { by, reason } => {
-            format!("refused by the {by:?}: {reason}").to_lowercase()
-        }
-        Outcome::Done { summary } => format!("done: {summary}"),
-        Outcome::Failed { reason } => format!("failed: {reason}"),
-        Outcome::Asked { question, answer } => format!(
-            "asked \"{question}\": {}",
-            answer.as_deref().unwrap_or("no answer")
-        ),
-        Outcome::Waited { ms } => format!("waited {ms} ms"),
-        Outcome::Error { stage, error } => format!("{stage} error: {error}"),
-        Outcome::Aborted { reason } => format!("aborted: {reason}"),
-    }
 }

@@ -111,6 +111,41 @@ pub enum Refuser {
     User,
 }
 
+impl std::fmt::Display for Refuser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Refuser::Policy => "the policy",
+            Refuser::User => "the person",
+        })
+    }
+}
+
+/// One sentence for people: the progress line, `deskhand trace show` and the report.
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Executed { events, ms } => {
+                write!(f, "Executed: {events} input events in {ms:.1} ms")
+            }
+            Outcome::DryRun => f.write_str("Dry run: the policy allowed it; nothing was executed"),
+            Outcome::Refused { by, reason } => write!(f, "Refused by {by}: {reason}"),
+            Outcome::Done { summary } => write!(f, "Done: {summary}"),
+            Outcome::Failed { reason } => write!(f, "The model gave up: {reason}"),
+            Outcome::Asked {
+                question,
+                answer: Some(answer),
+            } => write!(f, "Asked the person: {question} — they answered: {answer}"),
+            Outcome::Asked {
+                question,
+                answer: None,
+            } => write!(f, "Asked the person: {question} — no answer"),
+            Outcome::Waited { ms } => write!(f, "Waited {ms} ms"),
+            Outcome::Error { stage, error } => write!(f, "Error in {stage}: {error}"),
+            Outcome::Aborted { reason } => write!(f, "Aborted: {reason}"),
+        }
+    }
+}
+
 /// One step: one line of `trace.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepRecord {

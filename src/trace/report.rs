@@ -320,7 +320,7 @@ fn step_section(out: &mut String, run_dir: &Path, s: &StepRecord) -> fmt::Result
         out,
         "<div class=\"row\"><span class=\"label\">Outcome</span><span class=\"pill {tone}\">{word}</span> \
          <span class=\"outcome\">{}</span></div>",
-        esc(&outcome_text(&s.outcome))
+        esc(&s.outcome.to_string())
     )?;
 
     timings_row(out, s)?;
@@ -486,35 +486,6 @@ fn outcome_word(o: &Outcome) -> (&'static str, &'static str) {
         Outcome::Waited { .. } => ("waited", "info"),
         Outcome::Error { .. } => ("error", "bad"),
         Outcome::Aborted { .. } => ("aborted", "bad"),
-    }
-}
-
-fn outcome_text(o: &Outcome) -> String {
-    match o {
-        Outcome::Executed { events, ms: t } => {
-            format!("Executed: {events} input events in {}", ms(*t))
-        }
-        Outcome::DryRun => "Dry run: the policy allowed it; nothing was executed".into(),
-        Outcome::Refused { by, reason } => {
-            let by = match serde_name(by).as_str() {
-                "user" => "the person".to_owned(),
-                "policy" => "the policy".to_owned(),
-                other => other.to_owned(),
-            };
-            // The loop records the refusal as the model was told it, "denied by policy: …";
-            // the pill already says that much.
-            let reason = reason.strip_prefix("denied by policy: ").unwrap_or(reason);
-            format!("Refused by {by}: {reason}")
-        }
-        Outcome::Done { summary } => format!("Done: {summary}"),
-        Outcome::Failed { reason } => format!("The model gave up: {reason}"),
-        Outcome::Asked { question, answer } => match answer {
-            Some(a) => format!("Asked the person: {question} — they answered: {a}"),
-            None => format!("Asked the person: {question} — no answer"),
-        },
-        Outcome::Waited { ms: t } => format!("Waited {t} ms"),
-        Outcome::Error { stage, error } => format!("Error in {stage}: {error}"),
-        Outcome::Aborted { reason } => format!("Aborted: {reason}"),
     }
 }
 
