@@ -120,3 +120,55 @@ fn later_steps_evaluate_only_what_follows_the_cached_prefix() {
         assert_eq!(with_reuse + reused, full, "{per_step:?}");
     }
 }
+
+/// Quantized matrix products in large batches: the path llama.cpp's AMX kernels take on
+/// Sapphire Rapids and later Xeons, where the vendored kernels crashed with a general
+/// protection fault (`ggml_backend_amx_mul_mat`). More than 256 prompt tokens of the real
+/// Q4_K_M Gemma in batches of 64, then decoding, must give an action; and the build must not
+/// contain the AMX kernels at all (.cargo/config.toml turns them off).
+#[test]
+fn quantized_prefill_in_batches_of_64_then_decode() {
+    let info = deskhand::model::llama::system_info();
+    assert!(
+        !info.contains("AMX_INT8 = 1"),
+        "llama.cpp was built with its AMX kernels, which crash on AMX CPUs: {info}"
+    );
+    let mut config = EngineConfig::new(models::text_model(), None, FamilyId::Gemma3);
+    config.n_batch = 64;
+    config.n_ubatch = 64;
+    let engine = LlamaEngine::load(config).expect("load Gemma 3 270M");
+    let mut session = engine.session().expect("context");
+    let frame = frame();
+    let history: Vec<String> = (1..=12)
+        .map(|i| {
+            format!(
+                "Step {i}: Thought: the settings window is not open yet, so I look for the gear icon in the top bar and click it. Action: click at ({}, {})",
+                100 + i * 7,
+                40 + i * 3
+            )
+        })
+        .collect();
+    let prompt = Prompt {
+        system: engine.family().system_prompt().to_owned(),
+        task: "Open the settings and turn on dark mode.".to_owned(),
+        history,
+        earlier_frames: Vec::new(),
+        frame: &frame,
+    };
+    let reply = session
+        .reply(&prompt)
+        .expect("a reply after a long prefill");
+    eprintln!(
+        "{} prompt tokens in batches of 64, {} decoded: {}",
+        reply.timings.prefill_tokens,
+        reply.timings.decode_tokens,
+        reply.action.to_json()
+    );
+    assert!(
+        reply.timings.prefill_tokens >= 256,
+        "only {} prompt tokens",
+        reply.timings.prefill_tokens
+    );
+    assert!(reply.timings.decode_tokens > 0);
+    reply.action.validate().expect("a valid action");
+}

@@ -783,6 +783,91 @@ fn add_explains_what_is_wrong_with_the_files() {
     assert!(store.installed().expect("registry").is_empty());
 }
 
+/// Copies of one valid model and mmproj under `n` different file names.
+fn model_files(s: &Setup, n: usize) -> Vec<(PathBuf, PathBuf)> {
+    let d = s.root.join("many");
+    std::fs::create_dir_all(&d).expect("mkdir");
+    (0..n)
+        .map(|i| {
+            (
+                write(&d, &format!("model-{i}.gguf"), &s.model),
+                write(&d, &format!("mmproj-{i}.gguf"), &s.mmproj),
+            )
+        })
+        .collect()
+}
+
+fn installed_names(store: &Store) -> Vec<String> {
+    let mut names: Vec<String> = store
+        .installed()
+        .expect("registry")
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn concurrent_adds_from_separate_stores_keep_every_entry() {
+    let s = Setup::new();
+    let files = model_files(&s, 8);
+    // Each thread opens its own store, as each `deskhand models add` process would.
+    let stores: Vec<Store> = (0..files.len()).map(|_| s.store(true)).collect();
+    thread::scope(|scope| {
+        for (i, (store, (model, mmproj))) in stores.iter().zip(&files).enumerate() {
+            scope.spawn(move || {
+                store
+                    .add(&AddRequest {
+                        model: model.clone(),
+                        mmproj: Some(mmproj.clone()),
+                        name: Some(format!("model-{i}")),
+                        family: None,
+                    })
+                    .unwrap_or_else(|e| panic!("{e}"))
+            });
+        }
+    });
+    let expected: Vec<String> = (0..files.len()).map(|i| format!("model-{i}")).collect();
+    assert_eq!(installed_names(&stores[0]), expected);
+}
+
+#[test]
+fn concurrent_models_add_processes_keep_every_entry() {
+    let s = Setup::new();
+    let store = s.store(true);
+    let files = model_files(&s, 6);
+    let children: Vec<_> = files
+        .iter()
+        .enumerate()
+        .map(|(i, (model, mmproj))| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_deskhand"))
+                .args(["models", "add"])
+                .arg(model)
+                .arg("--mmproj")
+                .arg(mmproj)
+                .args(["--name", &format!("model-{i}")])
+                .env("DESKHAND_MODELS_DIR", store.models_dir())
+                .env("DESKHAND_CATALOG", s.root.join("catalog.toml"))
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("start deskhand models add")
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().expect("wait for deskhand");
+        assert!(
+            out.status.success(),
+            "deskhand models add failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let expected: Vec<String> = (0..files.len()).map(|i| format!("model-{i}")).collect();
+    assert_eq!(installed_names(&store), expected);
+}
+
 #[test]
 fn a_damaged_registry_is_reported_with_its_line() {
     let s = Setup::new();

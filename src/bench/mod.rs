@@ -5,13 +5,34 @@ mod capture;
 mod model;
 mod policy;
 mod step;
+mod synth;
 
 pub use capture::{CaptureBenchArgs, capture};
 pub use model::{ModelBenchArgs, model};
 pub use policy::{PolicyBenchArgs, policy};
 pub use step::{StepBenchArgs, step};
+pub use synth::{SynthArgs, synth};
 
+use std::path::Path;
 use std::time::Duration;
+
+use crate::cli::Failure;
+use crate::model::FamilyId;
+
+/// The family given, or the one the model's own metadata names.
+fn family_of(model: &Path, given: Option<FamilyId>) -> Result<FamilyId, Failure> {
+    if let Some(family) = given {
+        return Ok(family);
+    }
+    let gguf = crate::model::gguf::read_file(model)?;
+    crate::model::compat::guess_family(&gguf, model).ok_or_else(|| {
+        crate::cli::bad_input(anyhow::anyhow!(
+            "cannot tell the family of {} from its metadata; pass --family ({})",
+            model.display(),
+            crate::model::family::known_family_names()
+        ))
+    })
+}
 
 /// Median and 95th percentile of a set of timings, in milliseconds.
 #[derive(Debug, Clone, Copy, serde::Serialize)]

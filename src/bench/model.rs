@@ -25,9 +25,9 @@ pub struct ModelBenchArgs {
     /// Its vision projector; without it the step is measured text-only.
     #[arg(long, value_name = "PATH")]
     pub mmproj: Option<PathBuf>,
-    /// The model family (prompt and action syntax).
-    #[arg(long, default_value = "gemma3")]
-    pub family: FamilyId,
+    /// The model family (prompt and action syntax; default: from the model's metadata).
+    #[arg(long)]
+    pub family: Option<FamilyId>,
     /// CPU threads (default: the physical cores).
     #[arg(long)]
     pub threads: Option<i32>,
@@ -40,15 +40,22 @@ pub struct ModelBenchArgs {
     /// Repetitions of each measurement.
     #[arg(long, default_value_t = 3)]
     pub repetitions: usize,
-    /// Agent steps for the step, grammar and prefix-cache figures.
-    #[arg(long, default_value_t = 4)]
-    pub steps: usize,
-    /// llama-bench binary (default: target/llama-bench/bin/llama-bench, which
-    /// benches/build-llama-bench.sh builds). Pass --no-llama-bench to skip it.
-    #[arg(long, value_name = "PATH")]
-    pub llama_bench: Option<PathBuf>,
+    /// Agent steps for the step, grammar and prefix-cache figures (default 4 without a
+    /// projector, 0 with one: `deskhand bench step` measures whole steps with images).
     #[arg(long)]
-    pub no_llama_bench: bool,
+    pub steps: Option<usize>,
+    /// Image tokens per frame the frame is sized for (default: the projector's own limits and
+    /// 1200 tokens).
+    #[arg(long, value_name = "N")]
+    pub image_tokens: Option<i64>,
+    /// The folder holding llama.cpp's llama-bench and llama-mtmd-cli, built from the same source
+    /// (default: what benches/build-llama-tools.sh builds, in
+    /// ~/.cache/deskhand/llama-tools/11434.0.0/build/bin).
+    #[arg(long, value_name = "DIR")]
+    pub llama_tools: Option<PathBuf>,
+    /// Measure deskhand alone, without llama.cpp's tools.
+    #[arg(long)]
+    pub no_reference: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -124,7 +131,7 @@ fn synthetic_frame(target: FrameTarget) -> Result<Frame, Failure> {
 fn steps(
     session: &mut LlamaSession<'_>,
     engine: &LlamaEngine,
-    args: &ModelBenchArgs,
+    n_steps: usize,
 ) -> Result<StepFigures, Failure> {
     let frame = synthetic_frame(engine.frame_target())?;
     let family = engine.family();
@@ -139,7 +146,7 @@ fn steps(
     let mut image_tokens = 0;
     let mut action_tokens = 0;
     let mut sample_reply = String::new();
-    for step in 0..args.steps.max(2) {
+    for step in 0..n_steps {
         let prompt = Prompt {
             system: family.system_prompt().to_owned(),
             task: task.clone(),
@@ -178,31 +185,37 @@ fn steps(
     })
 }
 
-/// llama-bench's own prefill (pp) and decode (tg) speeds on the same model and threads.
-fn llama_bench(
+/// llama-bench's own figures on the same model and threads.
+struct LlamaBenchFigures {
+    speeds: Speeds,
+    /// Prefill tokens/s for as many tokens as the image has, after as many tokens as come
+    /// before it in the prompt (llama-bench's -p and -d): llama.cpp's own speed for the same
+    /// work as the image-token prefill (llama-mtmd-cli does not print its image-token decode
+    /// time).
+    image_prefill_tokens_per_s: Option<f64>,
+}
+
+/// Runs llama-bench with `extra` arguments and returns the result rows of its JSON output.
+fn run_llama_bench(
     binary: &Path,
     model: &Path,
     threads: i32,
-    args: &ModelBenchArgs,
-) -> Result<Speeds, Failure> {
+    repetitions: usize,
+    extra: &[String],
+) -> Result<Vec<serde_json::Value>, Failure> {
     let output = Command::new(binary)
         .arg("-m")
         .arg(model)
         .args(["-t", &threads.to_string()])
         .args([
-            "-p",
-            &args.prompt_tokens.to_string(),
-            "-n",
-            &args.gen_tokens.to_string(),
-        ])
-        .args([
             "-r",
-            &args.repetitions.max(1).to_string(),
+            &repetitions.max(1).to_string(),
             "-o",
             "json",
             "-ngl",
             "0",
         ])
+        .args(extra)
         .output()
         .with_context(|| format!("cannot run {}", binary.display()))?;
     if !output.status.success() {
@@ -216,98 +229,529 @@ fn llama_bench(
         )
         .into());
     }
-    let runs: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout)
-        .with_context(|| format!("unexpected output from {}", binary.display()))?;
-    let speed = |is_prefill: bool| {
-        runs.iter()
-            .find(|r| {
-                let prompt = r["n_prompt"].as_u64().unwrap_or(0);
-                let gen_tokens = r["n_gen"].as_u64().unwrap_or(0);
-                if is_prefill {
-                    prompt > 0 && gen_tokens == 0
-                } else {
-                    gen_tokens > 0 && prompt == 0
-                }
-            })
-            .and_then(|r| r["avg_ts"].as_f64())
-            .ok_or_else(|| {
-                anyhow!(
-                    "llama-bench reported no {} result",
-                    if is_prefill { "pp" } else { "tg" }
-                )
-            })
+    Ok(serde_json::from_slice(&output.stdout)
+        .with_context(|| format!("unexpected output from {}", binary.display()))?)
+}
+
+/// The tokens/s of the row with these prompt and generated token counts.
+fn llama_bench_speed(
+    runs: &[serde_json::Value],
+    prompt: usize,
+    generated: usize,
+) -> Result<f64, Failure> {
+    Ok(runs
+        .iter()
+        .find(|r| {
+            r["n_prompt"].as_u64() == Some(prompt as u64)
+                && r["n_gen"].as_u64() == Some(generated as u64)
+        })
+        .and_then(|r| r["avg_ts"].as_f64())
+        .ok_or_else(|| anyhow!("llama-bench reported no pp{prompt} tg{generated} result"))?)
+}
+
+fn llama_bench(
+    binary: &Path,
+    model: &Path,
+    threads: i32,
+    args: &ModelBenchArgs,
+    image: Option<&ImageFigures>,
+) -> Result<LlamaBenchFigures, Failure> {
+    let (p, n) = (args.prompt_tokens, args.gen_tokens);
+    let runs = run_llama_bench(
+        binary,
+        model,
+        threads,
+        args.repetitions,
+        &["-p".into(), p.to_string(), "-n".into(), n.to_string()],
+    )?;
+    let image_prefill_tokens_per_s = match image {
+        Some(image) => {
+            let runs = run_llama_bench(
+                binary,
+                model,
+                threads,
+                1,
+                &[
+                    "-p".into(),
+                    image.image_tokens.to_string(),
+                    "-n".into(),
+                    "0".into(),
+                    "-d".into(),
+                    image.tokens_before.to_string(),
+                ],
+            )?;
+            Some(llama_bench_speed(&runs, image.image_tokens, 0)?)
+        }
+        None => None,
     };
-    Ok(Speeds {
-        prefill_tokens_per_s: speed(true)?,
-        decode_tokens_per_s: speed(false)?,
+    Ok(LlamaBenchFigures {
+        speeds: Speeds {
+            prefill_tokens_per_s: llama_bench_speed(&runs, p, 0)?,
+            decode_tokens_per_s: llama_bench_speed(&runs, 0, n)?,
+        },
+        image_prefill_tokens_per_s,
     })
 }
 
+/// What one image costs: llama.cpp's own timers for the encoder and for decoding the image
+/// tokens into the cache.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct ImageFigures {
+    image_tokens: usize,
+    /// Tokens in the cache before the image (system prompt, task, the vision-start marker).
+    tokens_before: usize,
+    encode_ms: f64,
+    prefill_ms: f64,
+}
+
+/// One step with one image and no history, `repetitions` times: the median image figures.
+fn image(
+    session: &mut LlamaSession<'_>,
+    engine: &LlamaEngine,
+    frame: &Frame,
+    repetitions: usize,
+) -> Result<ImageFigures, Failure> {
+    let mut runs = Vec::new();
+    for _ in 0..repetitions.max(1) {
+        let prompt = Prompt {
+            system: engine.family().system_prompt().to_owned(),
+            task: "Open the Settings window and turn on dark mode.".into(),
+            history: Vec::new(),
+            earlier_frames: Vec::new(),
+            frame,
+        };
+        session.forget_prefix();
+        let t = session.generate(&prompt)?.timings;
+        runs.push(ImageFigures {
+            image_tokens: t.image_tokens,
+            tokens_before: tokens_before_image(engine, &prompt),
+            encode_ms: t.image_encode_ms,
+            prefill_ms: t.image_prefill_ms,
+        });
+    }
+    let median = |f: fn(&ImageFigures) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok(ImageFigures {
+        image_tokens: runs[0].image_tokens,
+        tokens_before: runs[0].tokens_before,
+        encode_ms: median(|r| r.encode_ms),
+        prefill_ms: median(|r| r.prefill_ms),
+    })
+}
+
+/// The prompt's tokens before its (only) image: the template's text up to the image marker,
+/// and the vision-start token mtmd puts in front of the image.
+fn tokens_before_image(engine: &LlamaEngine, prompt: &Prompt<'_>) -> usize {
+    let marker = llama_cpp_2::mtmd::mtmd_default_marker();
+    let rendered = engine
+        .family()
+        .render(&prompt.system, &prompt.task, &prompt.history, 1, marker);
+    let before = rendered.rest.split(marker).next().unwrap_or_default();
+    let vocab = engine.model().vocab();
+    vocab.tokenize(rendered.prefix.as_bytes(), true, true).len()
+        + vocab.tokenize(before.as_bytes(), false, true).len()
+        + 1
+}
+
+/// llama-mtmd-cli's figures for the same files, image and threads, and its peak RSS.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct MtmdCliFigures {
+    encode_ms: f64,
+    peak_rss_mb: f64,
+}
+
+fn mtmd_cli(
+    binary: &Path,
+    args: &ModelBenchArgs,
+    mmproj: &Path,
+    image: &Path,
+    config: &EngineConfig,
+    threads: i32,
+) -> Result<MtmdCliFigures, Failure> {
+    let mut command = Command::new(binary);
+    command
+        .arg("-m")
+        .arg(&args.model)
+        .arg("--mmproj")
+        .arg(mmproj)
+        .arg("--image")
+        .arg(image)
+        .args(["-p", "Open the Settings window and turn on dark mode."])
+        .args(["-n", "4", "--temp", "0", "-ngl", "0"])
+        .args(["-t", &threads.to_string()])
+        .args(["-c", &config.n_ctx.to_string()])
+        .args(["-b", &config.n_batch.to_string()])
+        .args(["-ub", &config.n_ubatch.to_string()]);
+    if let Some(n) = config.image_min_tokens {
+        command.args(["--image-min-tokens", &n.to_string()]);
+    }
+    if let Some(n) = config.image_max_tokens {
+        command.args(["--image-max-tokens", &n.to_string()]);
+    }
+    let (output, peak_rss_mb) =
+        run_measured(&mut command).with_context(|| format!("cannot run {}", binary.display()))?;
+    let log = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        return Err(anyhow!(
+            "{} failed ({}): {}",
+            binary.display(),
+            output.status,
+            log.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+        )
+        .into());
+    }
+    // "mtmd batch encoding done in 51234 ms": the CLI encodes its images in one batch and
+    // times that with llama.cpp's clock.
+    let encode: Vec<f64> = log
+        .lines()
+        .filter_map(|l| l.split_once(" encoding done in "))
+        .filter_map(|(_, rest)| rest.trim().strip_suffix("ms")?.trim().parse().ok())
+        .collect();
+    if encode.is_empty() {
+        return Err(anyhow!("{} printed no image encode time", binary.display()).into());
+    }
+    Ok(MtmdCliFigures {
+        encode_ms: encode.iter().sum(),
+        peak_rss_mb,
+    })
+}
+
+/// Runs a child to completion and returns its output and its peak resident memory in MB.
+///
+/// The peak is the kernel's high-water mark of the child's own memory (VmHWM), read from /proc
+/// every 20 ms until it exits. wait4's ru_maxrss cannot be used: on Linux a child starts from
+/// its parent's peak, so it would report this process's gigabytes as the child's.
+fn run_measured(command: &mut Command) -> std::io::Result<(std::process::Output, f64)> {
+    use std::io::Read;
+    let mut child = command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    // Both pipes are drained on threads so a chatty child never blocks on a full pipe.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out_reader = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err_reader = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak_kb = 0u64;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if let Some(kb) = std::fs::read_to_string(&status_file)
+            .ok()
+            .as_deref()
+            .and_then(vm_hwm_kb)
+        {
+            peak_kb = peak_kb.max(kb);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let stdout = out_reader.join().unwrap_or_default();
+    let stderr = err_reader.join().unwrap_or_default();
+    Ok((
+        std::process::Output {
+            status,
+            stdout,
+            stderr,
+        },
+        peak_kb as f64 / 1024.0,
+    ))
+}
+
+/// The `VmHWM:   123456 kB` line of /proc/PID/status.
+fn vm_hwm_kb(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// This process's peak resident memory in MB.
+pub(super) fn own_peak_rss_mb() -> f64 {
+    // SAFETY: getrusage fills in plain data.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return f64::NAN;
+    }
+    usage.ru_maxrss as f64 / 1024.0
+}
+
+/// The folder `benches/build-llama-tools.sh` builds llama.cpp's tools into.
+pub fn default_llama_tools() -> Option<PathBuf> {
+    directories::ProjectDirs::from("", "", "deskhand")
+        .map(|d| d.cache_dir().join("llama-tools/11434.0.0/build/bin"))
+}
+
 pub fn model(args: &ModelBenchArgs) -> Result<(), Failure> {
-    let mut config = EngineConfig::new(&args.model, args.mmproj.clone(), args.family);
+    let family = super::family_of(&args.model, args.family)?;
+    let mut config = EngineConfig::new(&args.model, args.mmproj.clone(), family);
     config.threads = args.threads;
-    // llama-bench's defaults, so the two prefill figures use the same batch shapes.
+    // llama-bench's and llama-mtmd-cli's defaults, so both sides use the same batch shapes.
     config.n_batch = 2048;
     config.n_ubatch = 512;
-    let engine = LlamaEngine::load(config)?;
+    if let Some(n) = args.image_tokens {
+        config
+            .set_image_token_budget(n, &args.model.display().to_string())
+            .map_err(crate::cli::bad_input)?;
+    }
+    let tools = if args.no_reference {
+        None
+    } else {
+        let dir = args
+            .llama_tools
+            .clone()
+            .or_else(default_llama_tools)
+            .ok_or_else(|| anyhow!("no home folder; pass --llama-tools DIR"))?;
+        for tool in ["llama-bench", "llama-mtmd-cli"] {
+            if !dir.join(tool).is_file() {
+                return Err(crate::cli::bad_input(anyhow!(
+                    "{} not found; build llama.cpp's tools with benches/build-llama-tools.sh, pass --llama-tools DIR, or --no-reference",
+                    dir.join(tool).display()
+                )));
+            }
+        }
+        Some(dir)
+    };
+    let engine = LlamaEngine::load(config.clone())?;
     let mut session = engine.session()?;
     eprintln!(
         "measuring prefill and decode ({} threads)...",
         engine.threads()
     );
     let ours = speeds(&mut session, args)?;
-    eprintln!("measuring {} agent steps...", args.steps.max(2));
-    let step = steps(&mut session, &engine, args)?;
-    let reference = if args.no_llama_bench {
-        None
-    } else {
-        let binary = args
-            .llama_bench
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("target/llama-bench/bin/llama-bench"));
-        if !binary.is_file() {
-            return Err(anyhow!(
-                "llama-bench not found at {}; build it with benches/build-llama-bench.sh, pass --llama-bench PATH, or --no-llama-bench",
-                binary.display()
-            )
-            .into());
+    let frame = synthetic_frame(engine.frame_target())?;
+    let image_figures = match &args.mmproj {
+        Some(_) => {
+            eprintln!(
+                "measuring one {}x{} frame ...",
+                frame.image.width(),
+                frame.image.height()
+            );
+            Some(image(&mut session, &engine, &frame, 1)?)
         }
-        eprintln!("running {}...", binary.display());
-        Some(llama_bench(&binary, &args.model, engine.threads(), args)?)
+        None => None,
     };
-    let grammar_ratio =
-        step.constrained_action_ms.median_ms / step.unconstrained_same_tokens_ms.median_ms;
+    let n_steps = args
+        .steps
+        .unwrap_or(if args.mmproj.is_some() { 0 } else { 4 });
+    let step = if n_steps > 0 {
+        eprintln!("measuring {n_steps} agent steps...");
+        Some(steps(&mut session, &engine, n_steps.max(2))?)
+    } else {
+        None
+    };
+    let peak_rss_mb = own_peak_rss_mb();
+    drop(session);
+    drop(engine);
+    let mut reference = None;
+    let mut reference_image = None;
+    if let Some(dir) = &tools {
+        let binary = dir.join("llama-bench");
+        eprintln!("running {}...", binary.display());
+        reference = Some(llama_bench(
+            &binary,
+            &args.model,
+            config_threads(&config),
+            args,
+            image_figures.as_ref(),
+        )?);
+        if let Some(mmproj) = &args.mmproj {
+            let scratch = tempfile_path("deskhand-bench-frame.png");
+            frame
+                .image
+                .save(&scratch)
+                .with_context(|| format!("cannot write {}", scratch.display()))?;
+            let binary = dir.join("llama-mtmd-cli");
+            eprintln!("running {}...", binary.display());
+            let figures = mtmd_cli(
+                &binary,
+                args,
+                mmproj,
+                &scratch,
+                &config,
+                config_threads(&config),
+            );
+            let _ = std::fs::remove_file(&scratch);
+            reference_image = Some(figures?);
+        }
+    }
+    let report = ModelReport::new(
+        args,
+        config_threads(&config),
+        ours,
+        image_figures,
+        peak_rss_mb,
+        reference,
+        reference_image,
+    );
     if args.json {
-        let out = serde_json::json!({
-            "model": args.model, "threads": engine.threads(),
-            "deskhand": ours, "llama_bench": reference,
-            "prefill_ratio": reference.map(|r| ours.prefill_tokens_per_s / r.prefill_tokens_per_s),
-            "decode_ratio": reference.map(|r| ours.decode_tokens_per_s / r.decode_tokens_per_s),
-            "step": step, "grammar_time_ratio": grammar_ratio,
-        });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        let mut value = serde_json::to_value(&report)?;
+        if let (Some(step), Some(map)) = (&step, value.as_object_mut()) {
+            map.insert("step".into(), serde_json::to_value(step)?);
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
-    println!(
-        "model {} ({} threads)",
-        args.model.display(),
-        engine.threads()
-    );
-    println!(
-        "deskhand:    prefill {:8.1} tok/s   decode {:6.1} tok/s",
-        ours.prefill_tokens_per_s, ours.decode_tokens_per_s
-    );
-    if let Some(r) = reference {
+    report.print();
+    if let Some(step) = &step {
+        print_steps(step);
+    }
+    Ok(())
+}
+
+fn config_threads(config: &EngineConfig) -> i32 {
+    config
+        .threads
+        .unwrap_or_else(|| i32::try_from(crate::model::llama::physical_cores()).unwrap_or(4))
+}
+
+fn tempfile_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("{}-{name}", std::process::id()))
+}
+
+/// Everything `bench model` measured; `--json` prints it as one object.
+#[derive(Debug, Serialize)]
+struct ModelReport {
+    model: PathBuf,
+    mmproj: Option<PathBuf>,
+    threads: i32,
+    /// What llama.cpp reports it was built with (SIMD, AMX, OpenMP...).
+    system_info: String,
+    prefill_tok_s: f64,
+    decode_tok_s: f64,
+    image_tokens: Option<usize>,
+    image_encode_ms: Option<f64>,
+    image_prefill_ms: Option<f64>,
+    peak_rss_mb: f64,
+    ref_prefill_tok_s: Option<f64>,
+    ref_decode_tok_s: Option<f64>,
+    ref_image_encode_ms: Option<f64>,
+    /// llama-bench's prefill of as many tokens as the image has, at the same depth in the
+    /// cache (-p N -d D).
+    ref_image_prefill_ms: Option<f64>,
+    ref_peak_rss_mb: Option<f64>,
+    /// deskhand ÷ llama.cpp as speed: above 1 means deskhand is faster.
+    ratio_prefill: Option<f64>,
+    ratio_decode: Option<f64>,
+    ratio_image_encode: Option<f64>,
+    ratio_image_prefill: Option<f64>,
+    /// deskhand's peak RSS minus llama-mtmd-cli's on the same files and image.
+    rss_above_ref_mb: Option<f64>,
+}
+
+impl ModelReport {
+    fn new(
+        args: &ModelBenchArgs,
+        threads: i32,
+        ours: Speeds,
+        image: Option<ImageFigures>,
+        peak_rss_mb: f64,
+        reference: Option<LlamaBenchFigures>,
+        reference_image: Option<MtmdCliFigures>,
+    ) -> ModelReport {
+        let time_ratio = |ref_ms: f64, ours_ms: f64| ref_ms / ours_ms;
+        let ref_image_prefill_ms = image.zip(reference.as_ref()).and_then(|(i, r)| {
+            r.image_prefill_tokens_per_s
+                .map(|tok_s| i.image_tokens as f64 / tok_s * 1e3)
+        });
+        let reference = reference.map(|r| r.speeds);
+        ModelReport {
+            model: args.model.clone(),
+            mmproj: args.mmproj.clone(),
+            threads,
+            system_info: crate::model::llama::system_info(),
+            prefill_tok_s: ours.prefill_tokens_per_s,
+            decode_tok_s: ours.decode_tokens_per_s,
+            image_tokens: image.map(|i| i.image_tokens),
+            image_encode_ms: image.map(|i| i.encode_ms),
+            image_prefill_ms: image.map(|i| i.prefill_ms),
+            peak_rss_mb,
+            ref_prefill_tok_s: reference.map(|r| r.prefill_tokens_per_s),
+            ref_decode_tok_s: reference.map(|r| r.decode_tokens_per_s),
+            ref_image_encode_ms: reference_image.map(|r| r.encode_ms),
+            ref_image_prefill_ms,
+            ref_peak_rss_mb: reference_image.map(|r| r.peak_rss_mb),
+            ratio_prefill: reference.map(|r| ours.prefill_tokens_per_s / r.prefill_tokens_per_s),
+            ratio_decode: reference.map(|r| ours.decode_tokens_per_s / r.decode_tokens_per_s),
+            ratio_image_encode: image
+                .zip(reference_image)
+                .map(|(i, r)| time_ratio(r.encode_ms, i.encode_ms)),
+            ratio_image_prefill: image
+                .zip(ref_image_prefill_ms)
+                .map(|(i, r)| time_ratio(r, i.prefill_ms)),
+            rss_above_ref_mb: reference_image.map(|r| peak_rss_mb - r.peak_rss_mb),
+        }
+    }
+
+    fn print(&self) {
+        let opt = |v: Option<f64>, digits: usize| {
+            v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
+        };
+        println!("model {} ({} threads)", self.model.display(), self.threads);
+        if let Some(mmproj) = &self.mmproj {
+            println!("mmproj {}", mmproj.display());
+        }
+        println!("llama.cpp built with: {}", self.system_info.trim());
+        println!("                    deskhand    llama.cpp   ratio (speed, >1: deskhand faster)");
         println!(
-            "llama-bench: prefill {:8.1} tok/s   decode {:6.1} tok/s",
-            r.prefill_tokens_per_s, r.decode_tokens_per_s
+            "text prefill tok/s  {:>9.1}    {:>9}   {}",
+            self.prefill_tok_s,
+            opt(self.ref_prefill_tok_s, 1),
+            opt(self.ratio_prefill, 3)
         );
         println!(
-            "ratio:       prefill {:8.3}         decode {:6.3}",
-            ours.prefill_tokens_per_s / r.prefill_tokens_per_s,
-            ours.decode_tokens_per_s / r.decode_tokens_per_s
+            "decode tok/s        {:>9.1}    {:>9}   {}",
+            self.decode_tok_s,
+            opt(self.ref_decode_tok_s, 1),
+            opt(self.ratio_decode, 3)
+        );
+        if let Some(tokens) = self.image_tokens {
+            println!(
+                "image encode ms     {:>9}    {:>9}   {}   ({tokens} image tokens)",
+                opt(self.image_encode_ms, 0),
+                opt(self.ref_image_encode_ms, 0),
+                opt(self.ratio_image_encode, 3)
+            );
+            println!(
+                "image prefill ms    {:>9}    {:>9}   {}   (llama.cpp: llama-bench, as many tokens at the same depth)",
+                opt(self.image_prefill_ms, 0),
+                opt(self.ref_image_prefill_ms, 0),
+                opt(self.ratio_image_prefill, 3)
+            );
+        }
+        println!(
+            "peak RSS MB         {:>9.0}    {:>9}   (deskhand above llama-mtmd-cli: {} MB)",
+            self.peak_rss_mb,
+            opt(self.ref_peak_rss_mb, 0),
+            opt(self.rss_above_ref_mb, 0)
         );
     }
+}
+
+fn print_steps(step: &StepFigures) {
     println!(
         "step: median {:.1} ms, p95 {:.1} ms; image encode {:.1} ms for {} image tokens",
         step.step_ms.median_ms, step.step_ms.p95_ms, step.image_encode_ms, step.image_tokens
@@ -316,6 +760,8 @@ pub fn model(args: &ModelBenchArgs) -> Result<(), Failure> {
         "prefill tokens per step: with prefix reuse {:?}, full recompute {:?}",
         step.prefill_tokens_with_reuse, step.prefill_tokens_full_recompute
     );
+    let grammar_ratio =
+        step.constrained_action_ms.median_ms / step.unconstrained_same_tokens_ms.median_ms;
     println!(
         "one action ({} tokens): with grammar {:.1} ms, same tokens without {:.1} ms: ratio {:.2}",
         step.action_tokens,
@@ -324,5 +770,30 @@ pub fn model(args: &ModelBenchArgs) -> Result<(), Failure> {
         grammar_ratio
     );
     println!("sample reply: {}", step.sample_reply.trim());
-    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_hwm_is_read_from_proc_status() {
+        let status = "Name:\tcat\nVmPeak:\t  8000 kB\nVmHWM:\t    1234 kB\nVmRSS:\t 1000 kB\n";
+        assert_eq!(vm_hwm_kb(status), Some(1234));
+        assert_eq!(vm_hwm_kb("Name:\tcat\n"), None);
+    }
+
+    /// The child's own peak, not this process's: wait4's figure would include the 256 MB this
+    /// test holds when it starts the child.
+    #[test]
+    fn a_child_s_peak_memory_is_its_own() {
+        let held: Vec<u8> = vec![1; 256 << 20];
+        let (output, peak_mb) = run_measured(Command::new("sleep").arg("0.3")).unwrap();
+        assert!(output.status.success());
+        assert!(
+            peak_mb > 0.0 && peak_mb < 64.0,
+            "sleep's peak: {peak_mb} MB"
+        );
+        assert_eq!(held.iter().map(|&b| u64::from(b)).sum::<u64>(), 256 << 20);
+    }
 }

@@ -23,12 +23,83 @@ use crate::trace::{Outcome, Recorder, TraceLine, TraceWriter, read_trace};
 
 #[derive(Debug, Args)]
 pub struct StepBenchArgs {
-    /// Steps to measure (after one warm-up step that is not counted).
+    /// Steps to measure (after the warm-up steps).
     #[arg(long, default_value_t = 20)]
     pub steps: usize,
-    /// Print one JSON object instead of text.
+    /// Steps run first and not counted (default: 1 with the tiny VLM, 0 with --model).
+    #[arg(long)]
+    pub warmup: Option<usize>,
+    /// A model GGUF instead of the tiny VLM, e.g. a pair from `deskhand bench synth`.
+    #[arg(long, value_name = "PATH", requires = "mmproj")]
+    pub model: Option<PathBuf>,
+    /// Its vision projector.
+    #[arg(long, value_name = "PATH", requires = "model")]
+    pub mmproj: Option<PathBuf>,
+    /// The model's family (default: from the model's metadata).
+    #[arg(long)]
+    pub family: Option<FamilyId>,
+    /// Frames kept in the prompt: the current one and N-1 earlier ones.
+    #[arg(long, default_value_t = 3)]
+    pub images: usize,
+    /// Image tokens per frame the frames are sized for (default 1200; the tiny VLM's frame
+    /// is fixed).
+    #[arg(long, value_name = "N")]
+    pub image_tokens: Option<i64>,
+    /// CPU threads (default: the physical cores).
+    #[arg(long)]
+    pub threads: Option<i32>,
+    /// Print one JSON object instead of text: a `steps` array and a `summary`.
     #[arg(long)]
     pub json: bool,
+}
+
+/// One measured step, for `--json` and the per-step table.
+#[derive(Debug, Serialize)]
+struct StepFigures {
+    step: u32,
+    image_encodes: usize,
+    image_tokens: usize,
+    prefill_tokens: usize,
+    /// Tokens that were not in the previous step's prompt.
+    new_tokens: usize,
+    decode_tokens: usize,
+    settle_ms: f64,
+    image_encode_ms: f64,
+    prefill_ms: f64,
+    decode_ms: f64,
+    policy_ms: f64,
+    act_ms: f64,
+    record_ms: f64,
+    step_ms: f64,
+    /// What became of the step ("refused by policy: ...", "model error: ...").
+    outcome: String,
+}
+
+impl StepFigures {
+    fn of(s: &crate::trace::StepRecord) -> StepFigures {
+        let t = s
+            .model
+            .as_ref()
+            .map(|m| m.timings.clone())
+            .unwrap_or_default();
+        StepFigures {
+            step: s.step,
+            image_encodes: t.image_encodes,
+            image_tokens: t.image_tokens,
+            prefill_tokens: t.prefill_tokens,
+            new_tokens: t.new_tokens,
+            decode_tokens: t.decode_tokens,
+            settle_ms: s.timings.settle_ms,
+            image_encode_ms: t.image_encode_ms,
+            prefill_ms: t.prefill_ms,
+            decode_ms: t.decode_ms,
+            policy_ms: s.timings.policy_ms,
+            act_ms: s.timings.act_ms,
+            record_ms: s.timings.record_ms,
+            step_ms: s.timings.total_ms,
+            outcome: s.outcome.to_string(),
+        }
+    }
 }
 
 /// Medians in milliseconds.
@@ -54,6 +125,12 @@ struct StageMedians {
 
 #[derive(Debug, Serialize)]
 struct StepBenchReport {
+    model: String,
+    threads: i32,
+    images: usize,
+    frame: String,
+    /// This process's peak resident memory over the whole benchmark.
+    peak_rss_mb: f64,
     steps: usize,
     executed: usize,
     refused: usize,
@@ -68,18 +145,53 @@ struct StepBenchReport {
     settle_vs_fixed_sleep: f64,
 }
 
+const BENCH_POLICY: &str = r#"schema_version = 1
+preset = "permissive"
+
+[budgets]
+steps_per_task = 1000000
+actions_per_minute = 1000000
+identical_actions = 1000000
+task_timeout_s = 86400
+
+[[rule]]
+id = "bench-whole-steps"
+decision = "deny"
+reason = "this benchmark measures whole steps: keep acting"
+action = ["done", "fail", "call_user", "wait"]
+"#;
+
 const TARGET_SHARE: f64 = 0.05;
 const FIXED_SLEEP_MS: f64 = 2000.0;
 
 pub fn step(args: &StepBenchArgs) -> Result<(), Failure> {
     let display = VirtualDisplay::start(1920, 1080)?;
     let work = Scratch::new()?;
-    let tiny = write_tiny_vlm(&work.join("model"))?;
-    let mut config = EngineConfig::new(&tiny.model, Some(tiny.mmproj.clone()), FamilyId::Gemma3);
-    config.frame_target = Some(FrameTarget::Fixed {
-        width: TINY_IMAGE_SIZE,
-        height: TINY_IMAGE_SIZE,
-    });
+    let (mut config, model_name) = match (&args.model, &args.mmproj) {
+        (Some(model), Some(mmproj)) => {
+            let family = super::family_of(model, args.family)?;
+            let name = model.file_name().map_or_else(
+                || model.display().to_string(),
+                |n| n.to_string_lossy().into(),
+            );
+            (EngineConfig::new(model, Some(mmproj.clone()), family), name)
+        }
+        _ => {
+            let tiny = write_tiny_vlm(&work.join("model"))?;
+            let mut config = EngineConfig::new(&tiny.model, Some(tiny.mmproj), FamilyId::Gemma3);
+            config.frame_target = Some(FrameTarget::Fixed {
+                width: TINY_IMAGE_SIZE,
+                height: TINY_IMAGE_SIZE,
+            });
+            (config, "the tiny VLM".to_owned())
+        }
+    };
+    config.threads = args.threads;
+    if let Some(n) = args.image_tokens {
+        config
+            .set_image_token_budget(n, &model_name)
+            .map_err(crate::cli::bad_input)?;
+    }
     let engine = LlamaEngine::load(config)?;
     let mut session = engine.session()?;
     let mut screen = X11Screen::connect(Some(display.name()))?;
@@ -96,15 +208,21 @@ pub fn step(args: &StepBenchArgs) -> Result<(), Failure> {
         Layer::User,
         PathBuf::from("bench-policy.toml"),
         // Everything the floor allows runs, and no budget pauses the run: the benchmark is
-        // about the time each stage takes, so the actions must really execute.
-        "schema_version = 1\npreset = \"permissive\"\n[budgets]\nsteps_per_task = 1000000\nactions_per_minute = 1000000\nidentical_actions = 1000000\ntask_timeout_s = 86400\n".into(),
+        // about the time each stage takes, so the actions must really execute. A model with
+        // random weights would end the run (done, fail, a question nobody answers) or idle
+        // (wait) as readily as act; those are refused, so every step is a whole step and the
+        // history grows as in a long task. The model reads the refusal like any other.
+        BENCH_POLICY.into(),
     )])?;
     let mut policy = Checker::new(policy_engine, None);
-    let wanted = args.steps.max(1) + 1;
+    let warmup = args
+        .warmup
+        .unwrap_or(if args.model.is_some() { 0 } else { 1 });
+    let wanted = args.steps.max(1) + warmup;
     let options = RunOptions {
         task: "Click the red button.".into(),
         system_prompt: engine.family().system_prompt().to_owned(),
-        images: 3,
+        images: args.images.max(1),
         dry_run: false,
         yes: false,
         frame_target: engine.frame_target(),
@@ -117,7 +235,7 @@ pub fn step(args: &StepBenchArgs) -> Result<(), Failure> {
             model_errors: u32::MAX,
             timeout: Duration::from_secs(3600),
         },
-        engine: "tiny VLM".into(),
+        engine: model_name.clone(),
         policy: "permissive preset, no budgets".into(),
     };
     // A random model may say done early; run again until enough steps are measured.
@@ -154,7 +272,11 @@ pub fn step(args: &StepBenchArgs) -> Result<(), Failure> {
         }));
     }
     // The first step loads caches and warms the projector; it is not a typical step.
-    let measured: Vec<_> = steps.into_iter().skip(1).take(args.steps.max(1)).collect();
+    let measured: Vec<_> = steps
+        .into_iter()
+        .skip(warmup)
+        .take(args.steps.max(1))
+        .collect();
     if measured.is_empty() {
         return Err(anyhow!("no steps were recorded").into());
     }
@@ -198,7 +320,16 @@ pub fn step(args: &StepBenchArgs) -> Result<(), Failure> {
     let overhead_share = share(&overhead);
     let overhead_with_act_share = share(&overhead_with_act);
     let count = |f: &dyn Fn(&Outcome) -> bool| measured.iter().filter(|s| f(&s.outcome)).count();
+    let frame_target = engine.frame_target();
+    let frame = frame_target
+        .frame_size(monitor.width, monitor.height)
+        .map_or_else(|_| "?".to_owned(), |(w, h)| format!("{w}x{h}"));
     let report = StepBenchReport {
+        model: model_name.clone(),
+        threads: engine.threads(),
+        images: args.images.max(1),
+        frame,
+        peak_rss_mb: super::model::own_peak_rss_mb(),
         steps: measured.len(),
         executed: count(&|o| matches!(o, Outcome::Executed { .. })),
         refused: count(&|o| matches!(o, Outcome::Refused { .. })),
@@ -210,17 +341,49 @@ pub fn step(args: &StepBenchArgs) -> Result<(), Failure> {
         target_share: TARGET_SHARE,
         fixed_sleep_ms: FIXED_SLEEP_MS,
     };
+    let per_step: Vec<StepFigures> = measured.iter().map(StepFigures::of).collect();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let out = serde_json::json!({ "steps": per_step, "summary": report });
+        println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    let m = &report.medians_ms;
     println!(
-        "{} steps of the tiny VLM on a {} ({} threads), medians:",
-        report.steps,
+        "{} on a {}, frames {} ({} image tokens each), {} images in the prompt, {} threads",
+        report.model,
         report.screen,
-        engine.threads()
+        report.frame,
+        per_step
+            .first()
+            .map_or(0, |s| s.image_tokens / s.image_encodes.max(1)),
+        report.images,
+        report.threads
     );
+    println!(
+        "step  encodes  prefill tok  new tok  settle ms  encode ms  prefill ms  decode ms (tok)  policy+act+record ms  step ms"
+    );
+    for s in &per_step {
+        if s.image_encodes == 0 && s.prefill_tokens == 0 {
+            println!("{:>4}  {} after {:.0} ms", s.step, s.outcome, s.step_ms);
+            continue;
+        }
+        println!(
+            "{:>4}  {:>7}  {:>11}  {:>7}  {:>9.0}  {:>9.0}  {:>10.0}  {:>9.0} ({:>3})  {:>20.1}  {:>7.0}",
+            s.step,
+            s.image_encodes,
+            s.prefill_tokens,
+            s.new_tokens,
+            s.settle_ms,
+            s.image_encode_ms,
+            s.prefill_ms,
+            s.decode_ms,
+            s.decode_tokens,
+            s.policy_ms + s.act_ms + s.record_ms,
+            s.step_ms
+        );
+    }
+    println!("peak RSS {:.0} MB", report.peak_rss_mb);
+    let m = &report.medians_ms;
+    println!("{} steps, medians:", report.steps);
     println!(
         "  settle        {:>8.1} ms  (includes its captures and downscales)",
         m.settle

@@ -148,9 +148,12 @@ pub enum BenchCommand {
     Model(bench::ModelBenchArgs),
     /// Decision latency of a 200-rule policy, against a policy with no rules.
     Policy(bench::PolicyBenchArgs),
-    /// Whole agent steps with the tiny VLM on a 1920x1080 Xvfb: every stage, and deskhand's
-    /// own overhead.
+    /// Whole agent steps on a 1920x1080 Xvfb (the tiny VLM, or --model): every stage, and
+    /// deskhand's own overhead.
     Step(bench::StepBenchArgs),
+    /// Make (or find in the cache) a random-weight model with a real model's shape, for
+    /// real-size measurements; prints the model and projector paths.
+    Synth(bench::SynthArgs),
 }
 
 /// An error with the exit status it should end the process with.
@@ -168,7 +171,7 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
     }
 }
 
-fn bad_input(error: impl Into<anyhow::Error>) -> Failure {
+pub(crate) fn bad_input(error: impl Into<anyhow::Error>) -> Failure {
     Failure {
         code: BAD_INPUT_EXIT_CODE,
         error: error.into(),
@@ -214,6 +217,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Bench(BenchCommand::Model(args)) => bench::model(&args),
         Command::Bench(BenchCommand::Policy(args)) => bench::policy(&args),
         Command::Bench(BenchCommand::Step(args)) => bench::step(&args),
+        Command::Bench(BenchCommand::Synth(args)) => bench::synth(&args),
     }
 }
 

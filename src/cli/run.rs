@@ -18,9 +18,10 @@ use crate::input::{
     in_corner_zone,
 };
 use crate::model::Backend;
+use crate::model::compat::{check_pair, guess_family};
 use crate::model::family::FamilyId;
 use crate::model::llama::{EngineConfig, LlamaEngine};
-use crate::model::store::{InstalledModel, Store, StoreConfig, check_pair, guess_family};
+use crate::model::store::{Catalog, InstalledModel, Source, Store, StoreConfig};
 use crate::policy::{Checker, GrantStore, PolicyEngine, PolicyPaths};
 use crate::screen::{FrameTarget, Screen, SettleOptions, X11Screen};
 use crate::trace::{Recorder, RunEnd, TraceLine, TraceWriter, now_rfc3339, runs_dir};
@@ -39,8 +40,17 @@ pub struct RunArgs {
     #[arg(long, value_name = "FAMILY")]
     pub family: Option<FamilyId>,
     /// Take actions from a JSONL file of actions instead of a model (replays, tests).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["model", "mmproj", "family"])]
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = ["model", "mmproj", "family", "image_tokens"]
+    )]
     pub script: Option<PathBuf>,
+    /// Image tokens per frame: more shows the model finer detail and costs more time.
+    /// Default: the most the model takes (from the catalog), or 1200 for a --model given as
+    /// a path. Must lie in the catalog model's range.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub image_tokens: Option<i64>,
     /// The policy file (default ~/.config/deskhand/policy.toml or $DESKHAND_POLICY).
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
@@ -252,8 +262,30 @@ pub fn run(args: &RunArgs, display: Option<&str>) -> Result<(), Failure> {
     }
 }
 
-/// Which model to load, from --model or the installed ones; never downloads.
+/// Which model to load, from --model or the installed ones, with its image-token budget;
+/// never downloads.
 fn engine_config(args: &RunArgs) -> Result<(EngineConfig, String), Failure> {
+    let (config, name, label) = model_config(args)?;
+    let config = with_image_tokens(config, args.image_tokens, &name)?;
+    Ok((config, label))
+}
+
+/// `--image-tokens`, checked against the model's range.
+fn with_image_tokens(
+    mut config: EngineConfig,
+    tokens: Option<i64>,
+    model: &str,
+) -> Result<EngineConfig, Failure> {
+    if let Some(tokens) = tokens {
+        config
+            .set_image_token_budget(tokens, model)
+            .map_err(|e| bad_input(anyhow!(e)))?;
+    }
+    Ok(config)
+}
+
+/// The model to load: (its engine config, its name for errors, its label for the user).
+fn model_config(args: &RunArgs) -> Result<(EngineConfig, String, String), Failure> {
     let store = Store::open(StoreConfig::from_env()?)?;
     let pull_hint = |name: &str| {
         let ram = store
@@ -294,10 +326,14 @@ fn engine_config(args: &RunArgs) -> Result<(EngineConfig, String), Failure> {
                     });
                 }
             }
-            return Ok((config, format!("{model} ({})", family.name())));
+            return Ok((
+                config,
+                model.clone(),
+                format!("{model} ({})", family.name()),
+            ));
         }
         return match store.find_installed(model)? {
-            Some(installed) => Ok(installed_config(installed)),
+            Some(installed) => Ok(installed_config(installed, store.catalog())),
             None if store.catalog().get(model).is_some() => Err(bad_input(anyhow!(
                 "the model {model} is not installed; download it first with {}",
                 pull_hint(model)
@@ -308,7 +344,7 @@ fn engine_config(args: &RunArgs) -> Result<(EngineConfig, String), Failure> {
         };
     }
     match store.installed()?.into_iter().next() {
-        Some(installed) => Ok(installed_config(installed)),
+        Some(installed) => Ok(installed_config(installed, store.catalog())),
         None => Err(bad_input(anyhow!(
             "no vision model is installed. Download the recommended one with {}, register files you have with `deskhand models add`, or replay actions with --script FILE. deskhand run never downloads anything itself.",
             pull_hint(RECOMMENDED_MODEL)
@@ -316,15 +352,24 @@ fn engine_config(args: &RunArgs) -> Result<(EngineConfig, String), Failure> {
     }
 }
 
-fn installed_config(installed: InstalledModel) -> (EngineConfig, String) {
-    (
-        EngineConfig::new(
-            &installed.model_path,
-            Some(installed.mmproj_path),
-            installed.family,
-        ),
-        installed.name,
-    )
+/// An installed model's config: a pulled one takes its image-token range from the catalog.
+fn installed_config(
+    installed: InstalledModel,
+    catalog: &Catalog,
+) -> (EngineConfig, String, String) {
+    let mut config = EngineConfig::new(
+        &installed.model_path,
+        Some(installed.mmproj_path),
+        installed.family,
+    );
+    // An added model is the user's own file, even where a later catalog gained its name.
+    let entry = catalog
+        .get(&installed.name)
+        .filter(|_| installed.source == Source::Pulled);
+    if let Some(entry) = entry {
+        config = config.with_image_token_range(entry.image_min_tokens, entry.image_max_tokens);
+    }
+    (config, installed.name.clone(), installed.name)
 }
 
 /// Appends the abort to the trace from whatever thread noticed it. One `write` of a short line
@@ -386,5 +431,107 @@ fn watch_corners(
         });
     if let Err(e) = spawned {
         tracing::warn!("the corner failsafe watcher did not start: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::BAD_INPUT_EXIT_CODE;
+    use crate::model::store::Sha256Origin;
+
+    fn installed(name: &str, source: Source) -> InstalledModel {
+        InstalledModel {
+            name: name.to_string(),
+            family: FamilyId::Qwen25Vl,
+            source,
+            sha256_origin: Sha256Origin::Computed,
+            model_path: PathBuf::from("/m/model.gguf"),
+            model_sha256: "a".repeat(64),
+            model_size: 1,
+            mmproj_path: PathBuf::from("/m/mmproj.gguf"),
+            mmproj_sha256: "b".repeat(64),
+            mmproj_size: 1,
+        }
+    }
+
+    #[test]
+    fn a_pulled_model_takes_its_image_token_range_from_the_catalog() {
+        let catalog = Catalog::load(None).unwrap();
+        let entry = catalog.get("qwen2.5-vl-3b").unwrap();
+        let (min, max) = (entry.image_min_tokens, entry.image_max_tokens);
+        assert!(min < max, "the test needs a range with room inside");
+        let (config, name, _) =
+            installed_config(installed("qwen2.5-vl-3b", Source::Pulled), &catalog);
+        assert_eq!(config.image_token_budget, max);
+        assert_eq!(
+            (config.image_min_tokens, config.image_max_tokens),
+            (Some(min), Some(max))
+        );
+
+        let inside = i64::from(min) + 1;
+        let chosen = with_image_tokens(config.clone(), Some(inside), &name)
+            .unwrap_or_else(|f| panic!("{}", f.error));
+        assert_eq!(i64::from(chosen.image_token_budget), inside);
+        assert_eq!(
+            chosen.image_max_tokens,
+            Some(max),
+            "mtmd keeps the model's range"
+        );
+
+        for outside in [0, i64::from(min) - 1, i64::from(max) + 1] {
+            let err = with_image_tokens(config.clone(), Some(outside), &name).unwrap_err();
+            assert_eq!(err.code, BAD_INPUT_EXIT_CODE);
+            let text = err.error.to_string();
+            assert!(
+                text.contains(&format!("--image-tokens {outside}:")),
+                "{text}"
+            );
+            assert!(text.contains(&format!("{min} to {max}")), "{text}");
+            assert!(text.contains("qwen2.5-vl-3b"), "{text}");
+        }
+    }
+
+    #[test]
+    fn an_added_model_keeps_the_default_budget_whatever_its_name() {
+        let catalog = Catalog::load(None).unwrap();
+        for name in ["qwen2.5-vl-3b", "my-own-model"] {
+            let (config, _, _) = installed_config(installed(name, Source::Added), &catalog);
+            assert_eq!(config.image_token_budget, 1200);
+            assert_eq!(
+                (config.image_min_tokens, config.image_max_tokens),
+                (None, None)
+            );
+            let config = with_image_tokens(config, Some(4000), name)
+                .unwrap_or_else(|f| panic!("{}", f.error));
+            assert_eq!(config.image_token_budget, 4000);
+        }
+    }
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    #[test]
+    fn image_tokens_reach_the_range_check_even_when_negative() {
+        let cli = Cli::try_parse_from(["deskhand", "task", "--image-tokens", "-3"]).unwrap();
+        assert_eq!(cli.run.image_tokens, Some(-3));
+        let cli = Cli::try_parse_from(["deskhand", "task"]).unwrap();
+        assert_eq!(cli.run.image_tokens, None);
+        // A script shows the model nothing, so a budget there is a mistake.
+        let err = Cli::try_parse_from([
+            "deskhand",
+            "task",
+            "--script",
+            "s.jsonl",
+            "--image-tokens",
+            "300",
+        ])
+        .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 }

@@ -447,6 +447,10 @@ pub fn is_gguf(path: &Path) -> io::Result<bool> {
 
 /// Read the header of the GGUF file at `path`.
 pub fn read_file(path: &Path) -> Result<Gguf, GgufError> {
+    open_and_parse(path, false)
+}
+
+fn open_and_parse(path: &Path, keep_arrays: bool) -> Result<Gguf, GgufError> {
     let name = path.display().to_string();
     let io_err = |source| GgufError::Io {
         file: name.clone(),
@@ -454,7 +458,19 @@ pub fn read_file(path: &Path) -> Result<Gguf, GgufError> {
     };
     let file = File::open(path).map_err(io_err)?;
     let len = file.metadata().map_err(io_err)?.len();
-    read_from(file, len, &name)
+    reader(file, len, &name, keep_arrays).parse()
+}
+
+/// Like [`read_file`], but every array that is not nested is kept whole, however long: for
+/// copying a tokenizer (vocabulary, merges) out of a file. The file is trusted to be a real
+/// vocabulary file; the limit on the bytes kept still applies.
+pub fn read_file_keeping_arrays(path: &Path) -> Result<Gguf, GgufError> {
+    open_and_parse(path, true)
+}
+
+/// [`read_file_keeping_arrays`] for bytes in memory.
+pub fn parse_bytes_keeping_arrays(bytes: &[u8], name: &str) -> Result<Gguf, GgufError> {
+    reader(io::Cursor::new(bytes), bytes.len() as u64, name, true).parse()
 }
 
 /// Parse a GGUF header held in memory.
@@ -464,14 +480,18 @@ pub fn parse_bytes(bytes: &[u8], name: &str) -> Result<Gguf, GgufError> {
 
 /// Parse a GGUF header from `source`, which is `len` bytes long; `name` labels errors.
 pub fn read_from<R: Read + Seek>(source: R, len: u64, name: &str) -> Result<Gguf, GgufError> {
-    let mut r = Reader {
+    reader(source, len, name, false).parse()
+}
+
+fn reader<R: Read + Seek>(source: R, len: u64, name: &str, keep_arrays: bool) -> Reader<'_, R> {
+    Reader {
         inner: BufReader::with_capacity(64 * 1024, source),
         pos: 0,
         len,
         name,
         retained: 0,
-    };
-    r.parse()
+        keep_arrays,
+    }
 }
 
 struct Reader<'a, R> {
@@ -480,6 +500,8 @@ struct Reader<'a, R> {
     len: u64,
     name: &'a str,
     retained: u64,
+    /// Keep long arrays too (see [`read_file_keeping_arrays`]).
+    keep_arrays: bool,
 }
 
 impl<R: Read + Seek> Reader<'_, R> {
@@ -734,7 +756,7 @@ impl<R: Read + Seek> Reader<'_, R> {
                         });
                     }
                 }
-                let keep = len <= MAX_KEPT_ARRAY && elem != ValueType::Array;
+                let keep = (len <= MAX_KEPT_ARRAY || self.keep_arrays) && elem != ValueType::Array;
                 if keep {
                     let mut values = Vec::with_capacity(len as usize);
                     for _ in 0..len {
@@ -983,72 +1005,13 @@ fn describe_magic(bytes: &[u8]) -> String {
     }
 }
 
-/// Writes small GGUF headers: fixtures for the tests of this crate and of the model store.
-/// Tensor data is zero-filled; this is not a general GGUF writer.
+/// Small GGUF files for the tests of this crate and of the model store, written with the
+/// project's one writer ([`super::gguf_write`]). Tensor data is zero-filled.
 #[doc(hidden)]
 pub mod fixture {
-    /// A value to write.
-    #[derive(Debug, Clone)]
-    pub enum Val {
-        U32(u32),
-        I32(i32),
-        U64(u64),
-        F32(f32),
-        Bool(bool),
-        Str(String),
-        /// An array of strings.
-        Strs(Vec<String>),
-        /// An array of f32.
-        F32s(Vec<f32>),
-        /// An array of i32.
-        I32s(Vec<i32>),
-    }
-
-    /// Builds a GGUF file in memory.
-    #[derive(Debug, Clone, Default)]
-    pub struct GgufWriter {
-        version: u32,
-        kvs: Vec<(String, Val)>,
-        /// (name, dims, ggml type)
-        tensors: Vec<(String, Vec<u64>, u32)>,
-    }
+    pub use super::super::gguf_write::{GgufWriter, Value as Val};
 
     impl GgufWriter {
-        pub fn new() -> GgufWriter {
-            GgufWriter {
-                version: 3,
-                ..GgufWriter::default()
-            }
-        }
-
-        pub fn version(mut self, version: u32) -> Self {
-            self.version = version;
-            self
-        }
-
-        pub fn kv(mut self, key: &str, value: Val) -> Self {
-            self.kvs.push((key.to_string(), value));
-            self
-        }
-
-        pub fn str(self, key: &str, value: &str) -> Self {
-            self.kv(key, Val::Str(value.to_string()))
-        }
-
-        pub fn u32(self, key: &str, value: u32) -> Self {
-            self.kv(key, Val::U32(value))
-        }
-
-        pub fn bool(self, key: &str, value: bool) -> Self {
-            self.kv(key, Val::Bool(value))
-        }
-
-        /// An F32 tensor (type 0) with these dimensions (`ne[0]` first).
-        pub fn tensor(mut self, name: &str, dims: &[u64]) -> Self {
-            self.tensors.push((name.to_string(), dims.to_vec(), 0));
-            self
-        }
-
         /// A text model of `arch` with this embedding length (and a small tokenizer array).
         pub fn text_model(arch: &str, embedding_length: u32) -> GgufWriter {
             GgufWriter::new()
@@ -1074,96 +1037,6 @@ pub mod fixture {
                 .kv("clip.vision.image_mean", Val::F32s(vec![0.5, 0.5, 0.5]))
                 .tensor("mm.0.weight", &[32, 64])
                 .tensor("mm.2.weight", &[64, u64::from(width)])
-        }
-
-        /// The bytes of the file.
-        pub fn build(&self) -> Vec<u8> {
-            let mut out = Vec::new();
-            out.extend_from_slice(b"GGUF");
-            out.extend_from_slice(&self.version.to_le_bytes());
-            out.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
-            out.extend_from_slice(&(self.kvs.len() as u64).to_le_bytes());
-            for (key, value) in &self.kvs {
-                put_str(&mut out, key);
-                put_val(&mut out, value);
-            }
-            let mut offset = 0u64;
-            let mut sizes = Vec::new();
-            for (name, dims, ty) in &self.tensors {
-                put_str(&mut out, name);
-                out.extend_from_slice(&(dims.len() as u32).to_le_bytes());
-                for d in dims {
-                    out.extend_from_slice(&d.to_le_bytes());
-                }
-                out.extend_from_slice(&ty.to_le_bytes());
-                out.extend_from_slice(&offset.to_le_bytes());
-                let size = dims.iter().product::<u64>() * 4;
-                sizes.push(size);
-                offset += size.next_multiple_of(32);
-            }
-            if !self.tensors.is_empty() {
-                out.resize(out.len().next_multiple_of(32), 0);
-                out.resize(out.len() + offset as usize, 0);
-            }
-            out
-        }
-    }
-
-    fn put_str(out: &mut Vec<u8>, s: &str) {
-        out.extend_from_slice(&(s.len() as u64).to_le_bytes());
-        out.extend_from_slice(s.as_bytes());
-    }
-
-    fn put_val(out: &mut Vec<u8>, value: &Val) {
-        match value {
-            Val::U32(v) => {
-                out.extend_from_slice(&4u32.to_le_bytes());
-                out.extend_from_slice(&v.to_le_bytes());
-            }
-            Val::I32(v) => {
-                out.extend_from_slice(&5u32.to_le_bytes());
-                out.extend_from_slice(&v.to_le_bytes());
-            }
-            Val::F32(v) => {
-                out.extend_from_slice(&6u32.to_le_bytes());
-                out.extend_from_slice(&v.to_le_bytes());
-            }
-            Val::Bool(v) => {
-                out.extend_from_slice(&7u32.to_le_bytes());
-                out.push(u8::from(*v));
-            }
-            Val::Str(s) => {
-                out.extend_from_slice(&8u32.to_le_bytes());
-                put_str(out, s);
-            }
-            Val::U64(v) => {
-                out.extend_from_slice(&10u32.to_le_bytes());
-                out.extend_from_slice(&v.to_le_bytes());
-            }
-            Val::Strs(items) => {
-                out.extend_from_slice(&9u32.to_le_bytes());
-                out.extend_from_slice(&8u32.to_le_bytes());
-                out.extend_from_slice(&(items.len() as u64).to_le_bytes());
-                for s in items {
-                    put_str(out, s);
-                }
-            }
-            Val::F32s(items) => {
-                out.extend_from_slice(&9u32.to_le_bytes());
-                out.extend_from_slice(&6u32.to_le_bytes());
-                out.extend_from_slice(&(items.len() as u64).to_le_bytes());
-                for v in items {
-                    out.extend_from_slice(&v.to_le_bytes());
-                }
-            }
-            Val::I32s(items) => {
-                out.extend_from_slice(&9u32.to_le_bytes());
-                out.extend_from_slice(&5u32.to_le_bytes());
-                out.extend_from_slice(&(items.len() as u64).to_le_bytes());
-                for v in items {
-                    out.extend_from_slice(&v.to_le_bytes());
-                }
-            }
         }
     }
 }

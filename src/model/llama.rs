@@ -9,6 +9,7 @@ use std::ffi::CString;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use llama_cpp_2::context::LlamaContext;
@@ -18,12 +19,14 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::mtmd::{
-    MtmdBitmap, MtmdContext, MtmdContextParams, MtmdInputText, mtmd_default_marker,
+    MtmdBitmap, MtmdContext, MtmdContextParams, MtmdInputChunkType, MtmdInputText,
+    mtmd_default_marker,
 };
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::token::data::LlamaTokenData;
 use llama_cpp_2::token::data_array::LlamaTokenDataArray;
+use thiserror::Error;
 
 use super::family::{Family, FamilyId};
 use super::{Backend, ModelError, Prompt, Reply, Timings, ms};
@@ -50,6 +53,11 @@ pub struct EngineConfig {
     pub gpu_layers: Option<u32>,
     /// Image tokens per frame the family's resize aims for.
     pub image_token_budget: u32,
+    /// The fewest and the most image tokens the model takes per image (the catalog's
+    /// image_min_tokens and image_max_tokens). mtmd gets them, and `set_image_token_budget`
+    /// keeps the budget inside them; None leaves mtmd the projector's own limits.
+    pub image_min_tokens: Option<u32>,
+    pub image_max_tokens: Option<u32>,
     /// Overrides the family's frame size (projectors with a fixed input size).
     pub frame_target: Option<FrameTarget>,
     /// Longest reply in tokens; the grammar bounds replies well below it.
@@ -68,10 +76,71 @@ impl EngineConfig {
             threads: None,
             gpu_layers: None,
             image_token_budget: 1200,
+            image_min_tokens: None,
+            image_max_tokens: None,
             frame_target: None,
             max_reply_tokens: 512,
         }
     }
+
+    /// The model's image-token range, with frames aimed at its top: the most detail the model
+    /// was made to take.
+    pub fn with_image_token_range(mut self, min: u32, max: u32) -> Self {
+        self.image_min_tokens = Some(min);
+        self.image_max_tokens = Some(max);
+        self.image_token_budget = max;
+        self
+    }
+
+    /// Aims frames at `tokens` image tokens (`--image-tokens`). It must be at least 1 and
+    /// inside the model's range where that is known: outside it, mtmd would resize the frame
+    /// again, and the model's points would no longer be in the frame's pixels. `model` names
+    /// the model in the error.
+    pub fn set_image_token_budget(
+        &mut self,
+        tokens: i64,
+        model: &str,
+    ) -> Result<(), ImageTokensError> {
+        let min = self.image_min_tokens.unwrap_or(1).max(1);
+        let max = self.image_max_tokens;
+        match u32::try_from(tokens) {
+            Ok(n) if n >= min && max.is_none_or(|max| n <= max) => {
+                self.image_token_budget = n;
+                Ok(())
+            }
+            _ => Err(ImageTokensError {
+                value: tokens,
+                min,
+                max,
+                model: model.to_owned(),
+            }),
+        }
+    }
+}
+
+/// An image-token budget outside what the model takes.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error(
+    "--image-tokens {value}: {model} takes {} image tokens per frame; give a value in that range",
+    range_text(*min, *max)
+)]
+pub struct ImageTokensError {
+    pub value: i64,
+    pub min: u32,
+    pub max: Option<u32>,
+    pub model: String,
+}
+
+fn range_text(min: u32, max: Option<u32>) -> String {
+    match max {
+        Some(max) => format!("{min} to {max}"),
+        None => format!("{min} or more"),
+    }
+}
+
+/// mtmd's form of a token limit: -1 is "the projector's own".
+fn mtmd_limit(limit: Option<u32>) -> i32 {
+    limit.and_then(|n| i32::try_from(n).ok()).unwrap_or(-1)
 }
 
 /// True when this binary was built with a GPU backend.
@@ -104,15 +173,69 @@ pub fn physical_cores() -> usize {
     }
 }
 
-unsafe extern "C" fn ignore_log(
+/// llama.cpp's own account of what it was built with and can use ("AVX512 = 1 | AMX_INT8 = 0
+/// | ..."), per backend.
+pub fn system_info() -> String {
+    // SAFETY: llama.cpp returns a pointer to a static NUL-terminated string.
+    unsafe {
+        let text = llama_cpp_sys_2::llama_print_system_info();
+        if text.is_null() {
+            return String::new();
+        }
+        std::ffi::CStr::from_ptr(text)
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+/// What mtmd reported for the images evaluated since the last [`take_image_times`]: how many
+/// it encoded, and the milliseconds it spent decoding their tokens into the KV cache (its own
+/// timer), which is prefill rather than encoding. The log is process-wide, so two sessions
+/// evaluating images at the same moment would share these counts.
+static IMAGE_DECODE_MS: AtomicU64 = AtomicU64::new(0);
+static IMAGE_ENCODES: AtomicU64 = AtomicU64::new(0);
+static PRINT_LLAMA_LOG: AtomicBool = AtomicBool::new(false);
+
+/// mtmd's log, read for its timing lines ("image slice encoded in 51234 ms", "image decoded
+/// (batch 1/1) in 26543 ms") and printed only when DESKHAND_LLAMA_LOG asks for it.
+unsafe extern "C" fn mtmd_log(
     _level: llama_cpp_sys_2::ggml_log_level,
-    _text: *const std::os::raw::c_char,
+    text: *const std::os::raw::c_char,
     _user_data: *mut std::os::raw::c_void,
 ) {
+    if text.is_null() {
+        return;
+    }
+    // SAFETY: mtmd passes a NUL-terminated string valid for the call.
+    let line = unsafe { std::ffi::CStr::from_ptr(text) }.to_string_lossy();
+    if PRINT_LLAMA_LOG.load(Ordering::Relaxed) {
+        eprint!("{line}");
+    }
+    let ms_after = |marker: &str| {
+        line.split_once(marker)
+            .and_then(|(_, rest)| rest.trim().strip_suffix("ms"))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+    };
+    if line.contains(" slice encoded in ") {
+        IMAGE_ENCODES.fetch_add(1, Ordering::Relaxed);
+    } else if line.contains(" decoded (batch ")
+        && let Some(ms) = ms_after(") in ")
+    {
+        IMAGE_DECODE_MS.fetch_add(ms, Ordering::Relaxed);
+    }
+}
+
+/// What mtmd reported since the last call, as (encoded slices, image-token decode ms), and
+/// starts counting again.
+fn take_image_times() -> (usize, f64) {
+    (
+        IMAGE_ENCODES.swap(0, Ordering::Relaxed) as usize,
+        IMAGE_DECODE_MS.swap(0, Ordering::Relaxed) as f64,
+    )
 }
 
 /// llama.cpp's global state may be initialised only once per process.
-fn runtime() -> Result<&'static LlamaRuntime, ModelError> {
+pub(crate) fn runtime() -> Result<&'static LlamaRuntime, ModelError> {
     static RUNTIME: OnceLock<Result<LlamaRuntime, String>> = OnceLock::new();
     RUNTIME
         .get_or_init(|| {
@@ -121,12 +244,12 @@ fn runtime() -> Result<&'static LlamaRuntime, ModelError> {
             // out of the user's terminal unless DESKHAND_LLAMA_LOG asks for it.
             if std::env::var_os("DESKHAND_LLAMA_LOG").is_none() {
                 runtime.void_logs();
-                // SAFETY: installs a callback that ignores its arguments; the null user data
-                // is never read.
-                unsafe {
-                    llama_cpp_sys_2::mtmd_helper_log_set(Some(ignore_log), std::ptr::null_mut())
-                };
+            } else {
+                PRINT_LLAMA_LOG.store(true, Ordering::Relaxed);
             }
+            // SAFETY: installs a callback that reads only its text argument; the null user
+            // data is never read.
+            unsafe { llama_cpp_sys_2::mtmd_helper_log_set(Some(mtmd_log), std::ptr::null_mut()) };
             Ok(runtime)
         })
         .as_ref()
@@ -165,7 +288,7 @@ impl LlamaEngine {
         if let Some(mmproj) = &config.mmproj {
             // A non-GGUF, a projector without vision or of the wrong width is the user's to
             // fix; say so, naming both files, before llama.cpp gets a chance to fail obscurely.
-            super::store::check_pair(&config.model, mmproj)?;
+            super::compat::check_pair(&config.model, mmproj)?;
         }
         let runtime = runtime()?;
         let gpu_layers = config
@@ -229,8 +352,8 @@ impl LlamaEngine {
                     print_timings: false,
                     n_threads: self.threads,
                     media_marker: marker,
-                    image_min_tokens: -1,
-                    image_max_tokens: -1,
+                    image_min_tokens: mtmd_limit(self.config.image_min_tokens),
+                    image_max_tokens: mtmd_limit(self.config.image_max_tokens),
                 };
                 let mtmd = MtmdContext::init_from_file(
                     path.to_str()
@@ -277,6 +400,8 @@ impl LlamaEngine {
             char_tokens,
             end_tokens,
             cached_prefix: None,
+            previous_text_tokens: 0,
+            previous_frames: Vec::new(),
         })
     }
 }
@@ -343,6 +468,18 @@ pub struct LlamaSession<'e> {
     char_tokens: Option<Vec<(LlamaToken, char)>>,
     end_tokens: Vec<LlamaToken>,
     cached_prefix: Option<CachedPrefix>,
+    /// The previous prompt, for counting the tokens a step adds: its text tokens and the
+    /// identities of its frames.
+    previous_text_tokens: usize,
+    previous_frames: Vec<u64>,
+}
+
+/// A frame's identity for [`Timings::new_tokens`]: a hash of its size and pixels.
+fn frame_id(frame: &Frame) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(&frame.image.dimensions(), &mut h);
+    std::hash::Hasher::write(&mut h, frame.image.as_raw());
+    std::hash::Hasher::finish(&h)
 }
 
 /// The raw result of generating one reply.
@@ -417,14 +554,19 @@ impl LlamaSession<'_> {
         Ok((n_past, tokens.len()))
     }
 
-    /// Evaluate one image at `n_past`; returns the new n_past and the image's token count.
-    fn eval_image(&mut self, frame: &Frame, n_past: i32) -> Result<(i32, usize), ModelError> {
+    /// Evaluate one image at `n_past`; returns the new n_past, the tokens evaluated (the image's
+    /// and the markers around it) and the image's own token count.
+    fn eval_image(
+        &mut self,
+        frame: &Frame,
+        n_past: i32,
+    ) -> Result<(i32, usize, usize), ModelError> {
         let (n_ctx, reply_tokens) = (
             self.ctx.n_ctx() as usize,
             self.engine.config.max_reply_tokens,
         );
         let Some(mtmd) = self.mtmd.as_mut() else {
-            return Ok((n_past, 0));
+            return Ok((n_past, 0, 0));
         };
         let (w, h) = frame.image.dimensions();
         let bitmap = MtmdBitmap::from_image_data(w, h, frame.image.as_raw())
@@ -440,6 +582,11 @@ impl LlamaSession<'_> {
             )
             .map_err(engine("tokenizing the image"))?;
         let n_tokens = chunks.total_tokens();
+        let image_tokens = (0..chunks.len())
+            .filter_map(|i| chunks.get(i))
+            .filter(|c| c.chunk_type() == MtmdInputChunkType::Image)
+            .map(|c| c.n_tokens())
+            .sum();
         let needed = usize::try_from(chunks.total_positions())
             .unwrap_or(n_tokens)
             .max(n_tokens);
@@ -448,7 +595,7 @@ impl LlamaSession<'_> {
         let next = chunks
             .eval_chunks(mtmd, &mut self.ctx, n_past, 0, n_batch, true)
             .map_err(engine("encoding the image"))?;
-        Ok((next, n_tokens))
+        Ok((next, n_tokens, image_tokens))
     }
 
     /// Evaluate the prompt (reusing the cached prefix when it matches) and decode a reply.
@@ -501,6 +648,7 @@ impl LlamaSession<'_> {
 
         // The rest, image by image: text segments are prefill, images are image encoding.
         let mut image_time = 0.0;
+        let mut frame_ids = Vec::with_capacity(frames.len());
         let segments: Vec<&str> = rendered.rest.split(marker).collect();
         if segments.last().is_some_and(|s| s.is_empty()) {
             // mtmd computes no logits for image tokens, so decoding needs text after the last
@@ -516,15 +664,35 @@ impl LlamaSession<'_> {
             timings.prefill_tokens += tokens;
             if let Some(frame) = frames.get(i).filter(|_| i + 1 < segments.len()) {
                 let image_started = Instant::now();
-                let (next, tokens) = self.eval_image(frame, n_past)?;
-                image_time += ms(image_started.elapsed());
+                take_image_times();
+                let (next, tokens, image_tokens) = self.eval_image(frame, n_past)?;
+                let (encodes, decode_ms) = take_image_times();
+                // The image's time, less the part mtmd reports for decoding its tokens into
+                // the cache, which is prefill; what remains is preprocessing and encoding.
+                let wall = ms(image_started.elapsed());
+                let image_prefill = decode_ms.min(wall);
+                image_time += wall - image_prefill;
+                timings.image_prefill_ms += image_prefill;
+                timings.image_encodes += encodes.max(1);
                 n_past = next;
-                timings.image_tokens += tokens;
+                timings.image_tokens += image_tokens;
                 timings.prefill_tokens += tokens;
+                let id = frame_id(frame);
+                if !self.previous_frames.contains(&id) {
+                    timings.new_tokens += image_tokens;
+                }
+                frame_ids.push(id);
             }
         }
         timings.image_encode_ms = image_time;
         timings.prefill_ms = ms(prefill_started.elapsed()) - image_time;
+        // Text is append-only from step to step (the history grows at the end), so the text
+        // not in the previous prompt is what it grew by.
+        let text_tokens =
+            (timings.prefill_tokens + timings.reused_tokens).saturating_sub(timings.image_tokens);
+        timings.new_tokens += text_tokens.saturating_sub(self.previous_text_tokens);
+        self.previous_text_tokens = text_tokens;
+        self.previous_frames = frame_ids;
 
         let decode_started = Instant::now();
         let text = self.decode(n_past, &mut timings)?;
@@ -725,5 +893,83 @@ impl Backend for LlamaSession<'_> {
             action,
             timings: generated.timings,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn catalog_config() -> EngineConfig {
+        EngineConfig::new("m.gguf", Some("mmproj.gguf".into()), FamilyId::Qwen25Vl)
+            .with_image_token_range(256, 1280)
+    }
+
+    #[test]
+    fn a_model_given_by_path_keeps_the_default_budget_and_mtmd_its_own_limits() {
+        let config = EngineConfig::new("m.gguf", None, FamilyId::Qwen25Vl);
+        assert_eq!(config.image_token_budget, 1200);
+        assert_eq!(
+            (config.image_min_tokens, config.image_max_tokens),
+            (None, None)
+        );
+        assert_eq!(mtmd_limit(config.image_min_tokens), -1);
+        assert_eq!(mtmd_limit(config.image_max_tokens), -1);
+    }
+
+    #[test]
+    fn a_model_range_sets_the_budget_to_its_top_and_reaches_mtmd() {
+        let config = catalog_config();
+        assert_eq!(config.image_token_budget, 1280);
+        assert_eq!(mtmd_limit(config.image_min_tokens), 256);
+        assert_eq!(mtmd_limit(config.image_max_tokens), 1280);
+        // The family sizes frames from the budget: 1280 tokens of 28x28 pixels.
+        assert_eq!(
+            config
+                .family
+                .family()
+                .frame_target(config.image_token_budget),
+            FrameTarget::MaxPixels {
+                max_pixels: 1280 * 28 * 28,
+                align: 28
+            }
+        );
+    }
+
+    #[test]
+    fn the_budget_must_lie_in_the_model_range() {
+        let mut config = catalog_config();
+        for ok in [256, 700, 1280] {
+            config.set_image_token_budget(ok, "qwen2.5-vl-3b").unwrap();
+            assert_eq!(i64::from(config.image_token_budget), ok);
+        }
+        for bad in [-5, 0, 1, 255, 1281, i64::from(u32::MAX) + 1] {
+            let err = config
+                .set_image_token_budget(bad, "qwen2.5-vl-3b")
+                .unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.starts_with(&format!("--image-tokens {bad}:")),
+                "{text}"
+            );
+            assert!(text.contains("256 to 1280"), "{text}");
+            assert!(text.contains("qwen2.5-vl-3b"), "{text}");
+            // A refused value leaves the last good one.
+            assert_eq!(config.image_token_budget, 1280);
+        }
+    }
+
+    #[test]
+    fn without_a_range_any_positive_budget_goes() {
+        let mut config = EngineConfig::new("/m/x.gguf", None, FamilyId::Qwen3Vl);
+        config.set_image_token_budget(1, "/m/x.gguf").unwrap();
+        config.set_image_token_budget(5000, "/m/x.gguf").unwrap();
+        assert_eq!(config.image_token_budget, 5000);
+        assert_eq!(config.image_max_tokens, None);
+        let err = config.set_image_token_budget(0, "/m/x.gguf").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--image-tokens 0: /m/x.gguf takes 1 or more image tokens per frame; give a value in that range"
+        );
     }
 }

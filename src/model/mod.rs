@@ -2,10 +2,13 @@
 //! `Action`. Model families (prompt, image size, output syntax, coordinate convention) are data
 //! plus a small parser each; decoding is grammar-constrained so a reply always parses.
 
+pub mod compat;
 pub mod family;
 pub mod gguf;
+pub mod gguf_write;
 pub mod llama;
 pub mod store;
+pub mod synth;
 pub mod tiny;
 
 use std::time::Duration;
@@ -35,11 +38,23 @@ pub struct Prompt<'a> {
 /// How long each part of a reply took, and how much work it was.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Timings {
+    /// Preparing and encoding the images (the vision tower and projector).
     pub image_encode_ms: f64,
+    /// Images run through the vision encoder for this step.
+    #[serde(default)]
+    pub image_encodes: usize,
     pub image_tokens: usize,
+    /// Evaluating the prompt into the KV cache: text and image tokens.
     pub prefill_ms: f64,
+    /// The part of `prefill_ms` spent on image tokens.
+    #[serde(default)]
+    pub image_prefill_ms: f64,
     /// Tokens evaluated for this step (text and image).
     pub prefill_tokens: usize,
+    /// Tokens of this step's prompt that were not in the previous step's: the text it grew by
+    /// and the frames it did not have.
+    #[serde(default)]
+    pub new_tokens: usize,
     /// Tokens kept from the previous step's cache instead of being evaluated again.
     pub reused_tokens: usize,
     pub decode_ms: f64,
@@ -69,6 +84,8 @@ pub enum ModelError {
     Map(#[from] crate::screen::MapError),
     #[error(transparent)]
     Files(#[from] store::StoreError),
+    #[error(transparent)]
+    Compat(#[from] compat::CompatError),
     #[error("llama.cpp: {0}")]
     Engine(String),
     #[error(

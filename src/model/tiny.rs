@@ -18,9 +18,10 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use thiserror::Error;
+
+use super::gguf_write::{GgufWriter, StoredType, TensorData, Value, name_seed};
 
 /// The side of the square image the projector takes. Callers resize frames to exactly this size
 /// so that llama.cpp's fixed-size preprocessor copies the pixels as they are instead of
@@ -76,7 +77,7 @@ const SEED: u64 = 0x6465_736b_6861_6e64; // "deskhand"
 
 /// GGUF data alignment. 32 is the GGUF default; it is also written as `general.alignment` so
 /// that the file says so itself.
-const ALIGNMENT: usize = 32;
+const ALIGNMENT: u32 = super::gguf_write::ALIGNMENT as u32;
 
 /// The files written by [`write_tiny_vlm`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,43 +113,25 @@ pub fn write_tiny_vlm(dir: &Path) -> Result<TinyVlm, TinyVlmError> {
     })?;
     let model = dir.join(TINY_MODEL_FILE);
     let mmproj = dir.join(TINY_MMPROJ_FILE);
-    write_atomically(&model, &text_model().to_bytes())?;
-    write_atomically(&mmproj, &projector().to_bytes())?;
+    for (path, gguf) in [(&model, text_model()), (&mmproj, projector())] {
+        gguf.0
+            .write_file(path, &mut |_| {})
+            .map_err(|source| TinyVlmError::Write {
+                path: path.clone(),
+                source,
+            })?;
+    }
     Ok(TinyVlm { model, mmproj })
 }
 
 /// The bytes of the text model file; [`write_tiny_vlm`] writes exactly these.
 pub fn tiny_model_bytes() -> Vec<u8> {
-    text_model().to_bytes()
+    text_model().0.build()
 }
 
 /// The bytes of the projector file; [`write_tiny_vlm`] writes exactly these.
 pub fn tiny_mmproj_bytes() -> Vec<u8> {
-    projector().to_bytes()
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), TinyVlmError> {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let unique = NEXT.fetch_add(1, Ordering::Relaxed);
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(format!(".tmp-{}-{unique}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    let result = std::fs::write(&tmp, bytes)
-        .map_err(|source| TinyVlmError::Write {
-            path: tmp.clone(),
-            source,
-        })
-        .and_then(|()| {
-            std::fs::rename(&tmp, path).map_err(|source| TinyVlmError::Write {
-                path: path.to_path_buf(),
-                source,
-            })
-        });
-    if result.is_err() {
-        // Best effort: the error that matters is the one returned.
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    projector().0.build()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -172,7 +155,7 @@ fn text_model() -> Gguf {
         "general.name",
         Value::Str("deskhand tiny vlm (random weights)".into()),
     );
-    g.kv("general.alignment", Value::U32(ALIGNMENT as u32));
+    g.kv("general.alignment", Value::U32(ALIGNMENT));
     g.kv("llama.context_length", Value::U32(TINY_CONTEXT_LENGTH));
     g.kv("llama.embedding_length", Value::U32(TINY_N_EMBD as u32));
     g.kv("llama.block_count", Value::U32(TEXT_BLOCKS as u32));
@@ -193,13 +176,13 @@ fn text_model() -> Gguf {
 
     let (tokens, types) = byte_vocab();
     g.kv("tokenizer.ggml.model", Value::Str("llama".into()));
-    g.kv("tokenizer.ggml.tokens", Value::StrArray(tokens));
+    g.kv("tokenizer.ggml.tokens", Value::Strs(tokens));
     // With no multi-byte pieces there is nothing to merge, so every score is the same.
     g.kv(
         "tokenizer.ggml.scores",
-        Value::F32Array(vec![0.0; TINY_N_VOCAB]),
+        Value::F32s(vec![0.0; TINY_N_VOCAB]),
     );
-    g.kv("tokenizer.ggml.token_type", Value::I32Array(types));
+    g.kv("tokenizer.ggml.token_type", Value::I32s(types));
     g.kv("tokenizer.ggml.unknown_token_id", Value::U32(0));
     g.kv("tokenizer.ggml.bos_token_id", Value::U32(1));
     g.kv("tokenizer.ggml.eos_token_id", Value::U32(2));
@@ -266,7 +249,7 @@ fn projector() -> Gguf {
         "general.name",
         Value::Str("deskhand tiny vlm projector (random weights)".into()),
     );
-    g.kv("general.alignment", Value::U32(ALIGNMENT as u32));
+    g.kv("general.alignment", Value::U32(ALIGNMENT));
     g.kv("clip.has_vision_encoder", Value::Bool(true));
     g.kv("clip.projector_type", Value::Str("mlp".into()));
     g.kv("clip.vision.image_size", Value::U32(TINY_IMAGE_SIZE));
@@ -290,11 +273,11 @@ fn projector() -> Gguf {
     // CLIP's normalization constants, as in real LLaVA-1.5 projectors.
     g.kv(
         "clip.vision.image_mean",
-        Value::F32Array(vec![0.481_454_66, 0.457_827_5, 0.408_210_73]),
+        Value::F32s(vec![0.481_454_66, 0.457_827_5, 0.408_210_73]),
     );
     g.kv(
         "clip.vision.image_std",
-        Value::F32Array(vec![0.268_629_54, 0.261_302_6, 0.275_777_1]),
+        Value::F32s(vec![0.268_629_54, 0.261_302_6, 0.275_777_1]),
     );
 
     let p = TINY_PATCH_SIZE as usize;
@@ -329,213 +312,41 @@ fn projector() -> Gguf {
 // ---------------------------------------------------------------------------------------------
 // Weights
 
-/// splitmix64: a 64-bit generator with a one-word state, good enough for weights and trivially
-/// reproducible on every platform.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[-scale, scale)`, from the top 24 bits (exactly representable in an f32).
-    fn uniform(&mut self, scale: f32) -> f32 {
-        let unit = (self.next() >> 40) as f32 / (1u32 << 24) as f32;
-        (unit * 2.0 - 1.0) * scale
-    }
-}
-
-/// FNV-1a over the tensor name: each tensor gets its own stream, so adding or reordering
-/// tensors does not change the others' values.
-fn name_seed(name: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h ^ SEED
-}
-
-// ---------------------------------------------------------------------------------------------
-// A minimal GGUF v3 writer: little-endian, F32 tensors only.
-
-/// GGUF metadata value types (the `gguf_type` numbers).
-const GGUF_TYPE_UINT32: u32 = 4;
-const GGUF_TYPE_INT32: u32 = 5;
-const GGUF_TYPE_FLOAT32: u32 = 6;
-const GGUF_TYPE_BOOL: u32 = 7;
-const GGUF_TYPE_STRING: u32 = 8;
-const GGUF_TYPE_ARRAY: u32 = 9;
-/// `ggml_type` of F32 tensor data. F32 keeps the writer trivial; at these sizes F16 would save
-/// a few hundred kB and nothing else.
-const GGML_TYPE_F32: u32 = 0;
-
-enum Value {
-    U32(u32),
-    F32(f32),
-    Bool(bool),
-    Str(String),
-    StrArray(Vec<String>),
-    F32Array(Vec<f32>),
-    I32Array(Vec<i32>),
-}
-
-struct Tensor {
-    name: String,
-    /// GGUF `ne`: fastest-moving dimension first.
-    ne: Vec<usize>,
-    data: Vec<f32>,
-}
-
-struct Gguf {
-    kvs: Vec<(String, Value)>,
-    tensors: Vec<Tensor>,
-}
+/// The tiny files' description: F32 tensors, every random one seeded by its name.
+struct Gguf(GgufWriter);
 
 impl Gguf {
     fn new() -> Self {
-        Self {
-            kvs: Vec::new(),
-            tensors: Vec::new(),
-        }
+        Gguf(GgufWriter::new())
     }
 
     fn kv(&mut self, key: &str, value: Value) {
-        self.kvs.push((key.to_owned(), value));
+        self.0.set(key, value);
     }
 
-    fn tensor(&mut self, name: &str, ne: &[usize], data: Vec<f32>) {
-        self.tensors.push(Tensor {
-            name: name.to_owned(),
-            ne: ne.to_vec(),
-            data,
-        });
+    fn shape(ne: &[usize]) -> Vec<u64> {
+        ne.iter().map(|&n| n as u64).collect()
     }
 
     /// Uniform in ±[`WEIGHT_SCALE`], seeded by the tensor's name.
     fn random(&mut self, name: &str, ne: &[usize]) {
-        let mut rng = SplitMix64(name_seed(name));
-        let data = (0..ne.iter().product::<usize>())
-            .map(|_| rng.uniform(WEIGHT_SCALE))
-            .collect();
-        self.tensor(name, ne, data);
+        let data = TensorData::Random {
+            scale: WEIGHT_SCALE,
+            seed: name_seed(name, SEED),
+        };
+        self.0.add(name, &Self::shape(ne), StoredType::F32, data);
     }
 
-    /// Norm weights: 1.0 makes a norm a plain normalization.
     fn ones(&mut self, name: &str, ne: &[usize]) {
-        self.tensor(name, ne, vec![1.0; ne.iter().product()]);
+        self.0
+            .add(name, &Self::shape(ne), StoredType::F32, TensorData::Ones);
     }
 
     /// Norm biases.
     fn zeros(&mut self, name: &str, ne: &[usize]) {
-        self.tensor(name, ne, vec![0.0; ne.iter().product()]);
+        self.0
+            .add(name, &Self::shape(ne), StoredType::F32, TensorData::Zeros);
     }
-
-    /// The whole file. Layout: header, metadata, tensor infos, padding to [`ALIGNMENT`], then
-    /// each tensor's data padded to [`ALIGNMENT`]; tensor offsets are relative to the start of
-    /// the data section, which llama.cpp requires to be exactly the running padded sizes.
-    fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.extend_from_slice(b"GGUF");
-        put_u32(&mut out, 3);
-        put_u64(&mut out, self.tensors.len() as u64);
-        put_u64(&mut out, self.kvs.len() as u64);
-        for (key, value) in &self.kvs {
-            put_str(&mut out, key);
-            put_value(&mut out, value);
-        }
-        let mut offset = 0usize;
-        for t in &self.tensors {
-            put_str(&mut out, &t.name);
-            put_u32(&mut out, t.ne.len() as u32);
-            for &n in &t.ne {
-                put_u64(&mut out, n as u64);
-            }
-            put_u32(&mut out, GGML_TYPE_F32);
-            put_u64(&mut out, offset as u64);
-            offset += padded(t.data.len() * 4);
-        }
-        pad(&mut out);
-        for t in &self.tensors {
-            for x in &t.data {
-                out.extend_from_slice(&x.to_le_bytes());
-            }
-            pad(&mut out);
-        }
-        out
-    }
-}
-
-fn padded(n: usize) -> usize {
-    n.div_ceil(ALIGNMENT) * ALIGNMENT
-}
-
-fn pad(out: &mut Vec<u8>) {
-    out.resize(padded(out.len()), 0);
-}
-
-fn put_u32(out: &mut Vec<u8>, v: u32) {
-    out.extend_from_slice(&v.to_le_bytes());
-}
-
-fn put_u64(out: &mut Vec<u8>, v: u64) {
-    out.extend_from_slice(&v.to_le_bytes());
-}
-
-/// GGUF string: u64 byte length, then the UTF-8 bytes, no terminator.
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    put_u64(out, s.len() as u64);
-    out.extend_from_slice(s.as_bytes());
-}
-
-fn put_value(out: &mut Vec<u8>, value: &Value) {
-    match value {
-        Value::U32(v) => {
-            put_u32(out, GGUF_TYPE_UINT32);
-            put_u32(out, *v);
-        }
-        Value::F32(v) => {
-            put_u32(out, GGUF_TYPE_FLOAT32);
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-        Value::Bool(v) => {
-            put_u32(out, GGUF_TYPE_BOOL);
-            out.push(u8::from(*v));
-        }
-        Value::Str(s) => {
-            put_u32(out, GGUF_TYPE_STRING);
-            put_str(out, s);
-        }
-        Value::StrArray(items) => {
-            put_array_header(out, GGUF_TYPE_STRING, items.len());
-            for s in items {
-                put_str(out, s);
-            }
-        }
-        Value::F32Array(items) => {
-            put_array_header(out, GGUF_TYPE_FLOAT32, items.len());
-            for v in items {
-                out.extend_from_slice(&v.to_le_bytes());
-            }
-        }
-        Value::I32Array(items) => {
-            put_array_header(out, GGUF_TYPE_INT32, items.len());
-            for v in items {
-                out.extend_from_slice(&v.to_le_bytes());
-            }
-        }
-    }
-}
-
-/// Array value: the array type, the element type, then a u64 element count.
-fn put_array_header(out: &mut Vec<u8>, element_type: u32, len: usize) {
-    put_u32(out, GGUF_TYPE_ARRAY);
-    put_u32(out, element_type);
-    put_u64(out, len as u64);
 }
 
 #[cfg(test)]
@@ -548,12 +359,12 @@ mod tests {
         assert_eq!(a, tiny_model_bytes());
         assert_eq!(tiny_mmproj_bytes(), tiny_mmproj_bytes());
         assert_eq!(&a[..4], b"GGUF");
-        assert_eq!(a.len() % ALIGNMENT, 0);
+        assert_eq!(a.len() % ALIGNMENT as usize, 0);
     }
 
     #[test]
     fn random_weights_stay_in_range() {
-        let mut rng = SplitMix64(name_seed("x"));
+        let mut rng = crate::model::gguf_write::SplitMix64(name_seed("x", SEED));
         for _ in 0..10_000 {
             let v = rng.uniform(WEIGHT_SCALE);
             assert!((-WEIGHT_SCALE..WEIGHT_SCALE).contains(&v));

