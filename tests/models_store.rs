@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
+use deskhand::model::compat::CompatError;
 use deskhand::model::family::FamilyId;
 use deskhand::model::gguf::fixture::GgufWriter;
 use deskhand::model::store::{
@@ -569,7 +570,10 @@ fn an_incompatible_pair_from_the_catalog_is_not_installed() {
     s.hub.put(&url_path(MMPROJ_FILE), served(&narrow));
     let store = s.store_pinning(&s.model, &narrow, true);
     let err = store.pull("tiny-vl").expect_err("widths differ");
-    assert!(matches!(err, StoreError::WidthMismatch(_)), "{err}");
+    assert!(
+        matches!(err, StoreError::Compat(CompatError::WidthMismatch(_))),
+        "{err}"
+    );
     assert!(store.installed().expect("registry").is_empty());
 }
 
@@ -690,13 +694,19 @@ fn add_explains_what_is_wrong_with_the_files() {
     let missing = d.join("nope.gguf");
     let err = add(&missing, Some(&mmproj));
     assert!(
-        matches!(err, StoreError::FileMissing { role: "model", .. }),
+        matches!(
+            err,
+            StoreError::Compat(CompatError::FileMissing { role: "model", .. })
+        ),
         "{err}"
     );
     assert!(err.to_string().contains("nope.gguf"), "{err}");
     let err = add(&model, Some(&d.join("no-mmproj.gguf")));
     assert!(
-        matches!(err, StoreError::FileMissing { role: "mmproj", .. }),
+        matches!(
+            err,
+            StoreError::Compat(CompatError::FileMissing { role: "mmproj", .. })
+        ),
         "{err}"
     );
 
@@ -704,7 +714,10 @@ fn add_explains_what_is_wrong_with_the_files() {
     let html = write(&d, "page.gguf", b"<!doctype html><html>404</html>");
     let err = add(&html, Some(&mmproj));
     let msg = err.to_string();
-    assert!(matches!(err, StoreError::BadGguf { .. }), "{msg}");
+    assert!(
+        matches!(err, StoreError::Compat(CompatError::BadGguf { .. })),
+        "{msg}"
+    );
     assert!(
         msg.contains("page.gguf") && msg.contains("not a GGUF file"),
         "{msg}"
@@ -718,7 +731,10 @@ fn add_explains_what_is_wrong_with_the_files() {
     // No mmproj: no vision. The mmproj next to the model is suggested.
     let err = add(&model, None);
     let msg = err.to_string();
-    assert!(matches!(err, StoreError::NoVision { .. }), "{msg}");
+    assert!(
+        matches!(err, StoreError::Compat(CompatError::NoVision { .. })),
+        "{msg}"
+    );
     assert!(
         msg.contains("--mmproj") && msg.contains("mmproj-model-f16.gguf"),
         "{msg}"
@@ -735,21 +751,33 @@ fn add_explains_what_is_wrong_with_the_files() {
             .build(),
     );
     let err = add(&model, Some(&audio));
-    assert!(matches!(err, StoreError::NoVision { .. }), "{err}");
+    assert!(
+        matches!(err, StoreError::Compat(CompatError::NoVision { .. })),
+        "{err}"
+    );
     assert!(err.to_string().contains("audio encoder only"), "{err}");
 
     // Model and mmproj swapped.
     let err = add(&mmproj, Some(&model));
-    assert!(matches!(err, StoreError::NotAModel { .. }), "{err}");
+    assert!(
+        matches!(err, StoreError::Compat(CompatError::NotAModel { .. })),
+        "{err}"
+    );
     let other_model = write(&d, "other.gguf", &model_bytes(64));
     let err = add(&model, Some(&other_model));
-    assert!(matches!(err, StoreError::NotAnMmproj { .. }), "{err}");
+    assert!(
+        matches!(err, StoreError::Compat(CompatError::NotAnMmproj { .. })),
+        "{err}"
+    );
 
     // The mmproj does not fit: both widths are named.
     let wide = write(&d, "mmproj-wide.gguf", &mmproj_bytes(4096));
     let err = add(&model, Some(&wide));
     let msg = err.to_string();
-    assert!(matches!(err, StoreError::WidthMismatch(_)), "{msg}");
+    assert!(
+        matches!(err, StoreError::Compat(CompatError::WidthMismatch(_))),
+        "{msg}"
+    );
     assert!(msg.contains("4096") && msg.contains("64"), "{msg}");
 
     // An architecture deskhand has no family for, and no --family.

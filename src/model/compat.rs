@@ -47,10 +47,8 @@ pub enum CompatError {
     },
 }
 
-/// The messages of `CompatError`, shared with the store's errors of the same names: the store
-/// keeps its own variants (callers match on `StoreError::FileMissing` and the like), and the
-/// two must never say different things about the same file.
-pub(crate) mod text {
+/// The messages of `CompatError`: each names the file and says what to do.
+mod text {
     use std::path::Path;
 
     use crate::model::gguf::GgufError;

@@ -83,8 +83,6 @@ pub enum ModelError {
     #[error("the model named a point outside the frame: {0}")]
     Map(#[from] crate::screen::MapError),
     #[error(transparent)]
-    Files(#[from] store::StoreError),
-    #[error(transparent)]
     Compat(#[from] compat::CompatError),
     #[error("llama.cpp: {0}")]
     Engine(String),

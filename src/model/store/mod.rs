@@ -21,14 +21,13 @@ use std::path::{Path, PathBuf};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use thiserror::Error;
 
-use crate::model::compat::{self, CompatError, check_pair, guess_family, text};
+use crate::model::compat::{self, CompatError, check_pair, guess_family};
 use crate::model::family::FamilyId;
-use crate::model::gguf::GgufError;
 
 pub use catalog::{
     BUILTIN_CATALOG, BUILTIN_CATALOG_NAME, Catalog, CatalogFile, CatalogModel, Coordinates,
 };
-// The payload of `StoreError::WidthMismatch`, at the path it had before the check moved.
+// The payload of `CompatError::WidthMismatch`, also at the path it had before the check moved.
 pub use compat::WidthMismatch;
 pub use download::{FileAction, partial_path, sha256_file};
 pub use installed::{INSTALLED_FILE, InstalledModel, Sha256Origin, Source, write_atomically};
@@ -62,35 +61,9 @@ pub enum StoreError {
     },
     #[error("no model named {name:?} in the catalog; known models: {}. See `deskhand models list`.", .known.join(", "))]
     UnknownModel { name: String, known: Vec<String> },
-    // The next seven are `CompatError`'s, kept here so that callers can match them as store
-    // errors; `From<CompatError>` maps each to its namesake, with the same text.
-    #[error("{}", text::file_missing(role, path, hint))]
-    FileMissing {
-        role: &'static str,
-        path: PathBuf,
-        hint: String,
-    },
-    #[error("{}", text::bad_gguf(role, path, source))]
-    BadGguf {
-        role: &'static str,
-        path: PathBuf,
-        #[source]
-        source: GgufError,
-    },
-    #[error("{}", text::not_a_model(path))]
-    NotAModel { path: PathBuf },
-    #[error("{}", text::not_an_mmproj(path, arch))]
-    NotAnMmproj { path: PathBuf, arch: String },
-    #[error("{}", text::no_vision(model, reason))]
-    NoVision { model: PathBuf, reason: String },
-    #[error("{0}")]
-    WidthMismatch(Box<WidthMismatch>),
-    #[error("{}", text::unknown_width(path, what, why))]
-    UnknownWidth {
-        path: PathBuf,
-        what: &'static str,
-        why: String,
-    },
+    /// The model and projector do not make a loadable pair (`compat`'s checks).
+    #[error(transparent)]
+    Compat(#[from] CompatError),
     #[error(
         "cannot tell which model family {path} belongs to (general.architecture = {arch:?}, general.name = {name:?}); pass --family with one of: {families}",
         path = path.display(),
@@ -161,36 +134,10 @@ impl StoreError {
             self,
             StoreError::Catalog { .. }
                 | StoreError::UnknownModel { .. }
-                | StoreError::FileMissing { .. }
-                | StoreError::BadGguf { .. }
-                | StoreError::NotAModel { .. }
-                | StoreError::NotAnMmproj { .. }
-                | StoreError::NoVision { .. }
-                | StoreError::WidthMismatch { .. }
-                | StoreError::UnknownWidth { .. }
+                | StoreError::Compat(_)
                 | StoreError::UnknownFamily { .. }
                 | StoreError::BadName(_)
         )
-    }
-}
-
-impl From<CompatError> for StoreError {
-    fn from(e: CompatError) -> StoreError {
-        match e {
-            CompatError::FileMissing { role, path, hint } => {
-                StoreError::FileMissing { role, path, hint }
-            }
-            CompatError::BadGguf { role, path, source } => {
-                StoreError::BadGguf { role, path, source }
-            }
-            CompatError::NotAModel { path } => StoreError::NotAModel { path },
-            CompatError::NotAnMmproj { path, arch } => StoreError::NotAnMmproj { path, arch },
-            CompatError::NoVision { model, reason } => StoreError::NoVision { model, reason },
-            CompatError::WidthMismatch(m) => StoreError::WidthMismatch(m),
-            CompatError::UnknownWidth { path, what, why } => {
-                StoreError::UnknownWidth { path, what, why }
-            }
-        }
     }
 }
 
@@ -465,17 +412,19 @@ impl Store {
                 compat::require_file(model_path, "model")?;
                 let model = compat::read_gguf(model_path, "model")?;
                 if model.is_mmproj() {
-                    return Err(StoreError::NotAModel {
+                    return Err(CompatError::NotAModel {
                         path: model_path.clone(),
-                    });
+                    }
+                    .into());
                 }
-                return Err(StoreError::NoVision {
+                return Err(CompatError::NoVision {
                     model: model_path.clone(),
                     reason: format!(
                         "no mmproj was given. deskhand needs the model's vision projector too: pass it with --mmproj FILE{}",
                         mmproj_suggestion(model_path)
                     ),
-                });
+                }
+                .into());
             }
         };
         let (model, _mmproj) = check_pair(model_path, mmproj_path)?;
@@ -680,7 +629,7 @@ mod tests {
     }
 
     #[test]
-    fn compatibility_errors_keep_their_variant_and_text_in_the_store() {
+    fn compatibility_errors_keep_their_text_in_the_store() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope.gguf");
         let html = dir.path().join("page.gguf");
@@ -704,12 +653,18 @@ mod tests {
         let err = StoreError::from(CompatError::NotAModel {
             path: missing.clone(),
         });
-        assert!(matches!(err, StoreError::NotAModel { .. }), "{err}");
+        assert!(
+            matches!(err, StoreError::Compat(CompatError::NotAModel { .. })),
+            "{err}"
+        );
         let err = StoreError::from(CompatError::UnknownWidth {
             path: missing,
             what: "the projection width",
             why: "no key".into(),
         });
-        assert!(matches!(err, StoreError::UnknownWidth { .. }), "{err}");
+        assert!(
+            matches!(err, StoreError::Compat(CompatError::UnknownWidth { .. })),
+            "{err}"
+        );
     }
 }
