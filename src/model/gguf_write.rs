@@ -65,41 +65,26 @@ impl Value {
                 values: Some(items),
                 ..
             } => {
-                let first = items.first();
-                match first {
-                    Some(R::String(_)) | None => Value::Strs(
-                        items
-                            .iter()
-                            .map(|v| v.as_str().map(str::to_owned))
-                            .collect::<Option<_>>()?,
-                    ),
-                    Some(R::I32(_)) => Value::I32s(
-                        items
-                            .iter()
-                            .map(|v| match v {
-                                R::I32(x) => Some(*x),
-                                _ => None,
-                            })
-                            .collect::<Option<_>>()?,
-                    ),
-                    Some(R::F32(_)) => Value::F32s(
-                        items
-                            .iter()
-                            .map(|v| match v {
-                                R::F32(x) => Some(*x),
-                                _ => None,
-                            })
-                            .collect::<Option<_>>()?,
-                    ),
-                    Some(R::U32(_)) => Value::U32s(
-                        items
-                            .iter()
-                            .map(|v| match v {
-                                R::U32(x) => Some(*x),
-                                _ => None,
-                            })
-                            .collect::<Option<_>>()?,
-                    ),
+                // Every element must be of the first one's type.
+                fn all<T>(items: &[R], f: impl Fn(&R) -> Option<T>) -> Option<Vec<T>> {
+                    items.iter().map(f).collect()
+                }
+                match items.first() {
+                    Some(R::String(_)) | None => {
+                        Value::Strs(all(items, |v| v.as_str().map(str::to_owned))?)
+                    }
+                    Some(R::I32(_)) => Value::I32s(all(items, |v| match v {
+                        R::I32(x) => Some(*x),
+                        _ => None,
+                    })?),
+                    Some(R::F32(_)) => Value::F32s(all(items, |v| match v {
+                        R::F32(x) => Some(*x),
+                        _ => None,
+                    })?),
+                    Some(R::U32(_)) => Value::U32s(all(items, |v| match v {
+                        R::U32(x) => Some(*x),
+                        _ => None,
+                    })?),
                     Some(_) => return None,
                 }
             }
