@@ -37,7 +37,7 @@ impl Home {
             .args(args)
             .env("DESKHAND_POLICY", self.policy())
             .env("DESKHAND_GRANTS", self.grants())
-            .env("DESKHAND_SYSTEM_POLICY", "")
+            .env("DESKHAND_SYSTEM_POLICY", "none")
             .env_remove("DISPLAY")
             .output()
             .expect("run deskhand policy");
@@ -229,6 +229,41 @@ fn explain_rejects_bad_input_with_exit_2() {
 }
 
 #[test]
+fn an_empty_or_missing_system_policy_override_is_an_error() {
+    let home = Home::new();
+    home.write_policy(TERMINAL_POLICY);
+    let run = |system: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_deskhand"))
+            .args(["policy", "check"])
+            .env("DESKHAND_POLICY", home.policy())
+            .env("DESKHAND_GRANTS", home.grants())
+            .env("DESKHAND_SYSTEM_POLICY", system)
+            .output()
+            .expect("run deskhand policy check");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(Path::new(""));
+    assert_ne!(
+        code, 0,
+        "an empty override must not drop the system layer silently"
+    );
+    assert!(
+        err.contains("DESKHAND_SYSTEM_POLICY is set but empty"),
+        "{err}"
+    );
+    let missing = home.dir.path().join("no-such-system.toml");
+    let (code, err) = run(&missing);
+    assert_ne!(code, 0);
+    assert!(err.contains("no-such-system.toml"), "{err}");
+    assert!(err.contains("DESKHAND_SYSTEM_POLICY names it"), "{err}");
+    let (code, err) = run(Path::new("none"));
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
 fn a_broken_policy_locks_explain_to_observing_and_aborting() {
     let home = Home::new();
     home.write_policy("schema_version = 1\npreset = \"balanced\"\n[defaults]\nclick = \"deny\"\n");
@@ -343,7 +378,7 @@ fn grants_are_listed_and_revoked() {
                 rule: "terminal-asks".into(),
                 app: Some("xterm".into()),
                 action: "type".into(),
-                intent: Intent::Other,
+                intents: vec![Intent::Other],
             },
             None,
         )

@@ -69,7 +69,7 @@ impl Setup {
         cmd.env("DESKHAND_RUNS_DIR", self.runs())
             .env("DESKHAND_POLICY", self.policy())
             .env("DESKHAND_GRANTS", self.path("grants.toml"))
-            .env("DESKHAND_SYSTEM_POLICY", "")
+            .env("DESKHAND_SYSTEM_POLICY", "none")
             .env("DESKHAND_MODELS_DIR", self.models())
             .stdin(Stdio::null())
             .stdout(File::create(self.path("stdout.txt")).expect("stdout file"))
@@ -644,4 +644,32 @@ fn a_missing_policy_named_on_the_command_line_is_bad_input() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("polcy.toml: no such file"), "{stderr}");
     assert!(setup.run_dirs().is_empty(), "a run folder was created");
+}
+
+#[test]
+fn yes_never_answers_a_budget_ask() {
+    let display = display(800, 600);
+    let setup = Setup::new(
+        "schema_version = 1\npreset = \"strict\"\n[budgets]\nsteps_per_task = 2\nidentical_actions = 10\n",
+    );
+    let script = setup.script(&[click(100, 100), click(200, 100), click(300, 100), done()]);
+    let (code, stdout, stderr) = setup.run_script(&display, "click around", &script, &["--yes"]);
+    let trace = setup.trace();
+    // --yes answered the preset's asks about the first two clicks.
+    for n in [1, 2] {
+        assert_eq!(
+            step(&trace, n)["outcome"]["status"],
+            "executed",
+            "step {n}; stdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+    }
+    // The spent budget asked the person, who is not there (stdin is /dev/null): refused.
+    let third = step(&trace, 3);
+    assert_eq!(third["decision"]["layer"], "budget", "{third}");
+    assert_eq!(third["outcome"]["status"], "refused", "{third}");
+    assert!(
+        stderr.contains("nobody can answer"),
+        "the budget ask did not go to the person: {stderr}"
+    );
+    assert_eq!(code, 0, "the script's done ends the run: {stderr}");
 }

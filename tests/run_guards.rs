@@ -28,7 +28,7 @@ fn run(script: &[&str], policy: &str, args: &[&str]) -> (i32, String) {
         .args(args)
         .env("DESKHAND_RUNS_DIR", dir.path().join("runs"))
         .env("DESKHAND_GRANTS", dir.path().join("grants.toml"))
-        .env("DESKHAND_SYSTEM_POLICY", "")
+        .env("DESKHAND_SYSTEM_POLICY", "none")
         .stdin(Stdio::null())
         .output()
         .expect("run deskhand");

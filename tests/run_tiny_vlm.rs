@@ -34,7 +34,7 @@ fn tiny_run(display: &VirtualDisplay, dir: &Path, max_steps: u32) -> Command {
         .env("DISPLAY", display.name())
         .env("DESKHAND_RUNS_DIR", dir.join("runs"))
         .env("DESKHAND_GRANTS", dir.join("grants.toml"))
-        .env("DESKHAND_SYSTEM_POLICY", "")
+        .env("DESKHAND_SYSTEM_POLICY", "none")
         .stdin(Stdio::null());
     command
 }

@@ -513,14 +513,17 @@ impl Context<'_, '_> {
         ended
     }
 
-    /// Settles an ask: `--yes`, or the person. The floor's asks always go to the person.
+    /// Settles an ask: `--yes`, or the person. The floor's and the budgets' asks always go to
+    /// the person: `--yes` must not turn a budget into a silent limit-free run.
     fn resolve_ask(
         &mut self,
         request: &Request,
         decision: &Decision,
     ) -> Result<(Verdict, Answer), AbortReason> {
-        let floor = decision.asking().any(|m| m.layer == Layer::Floor);
-        let given = if self.options.yes && !floor {
+        let for_the_person = decision
+            .asking()
+            .any(|m| matches!(m.layer, Layer::Floor | Layer::Budget));
+        let given = if self.options.yes && !for_the_person {
             Answer::Once
         } else {
             match self.user.ask(request, decision) {

@@ -66,7 +66,8 @@ pub struct RunArgs {
     /// Decide every action but execute none.
     #[arg(long)]
     pub dry_run: bool,
-    /// Answer the policy's asks with "once", except the floor's (those still ask you).
+    /// Answer the policy's asks with "once", except the floor's and the budgets' (those still
+    /// ask you).
     #[arg(long)]
     pub yes: bool,
     /// End the run when the model proposes the same action this many times in a row

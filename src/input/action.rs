@@ -7,7 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::chord::{Chord, ChordError};
+use super::chord::{Chord, ChordError, ChordKey, Modifier, NamedKey, text_keys, typeable};
 use crate::screen::ScreenPoint;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -103,6 +103,9 @@ pub const MAX_HOLD_MS: u64 = 10_000;
 pub const MAX_SCROLL_NOTCHES: i32 = 50;
 pub const MAX_TEXT_CHARS: usize = 10_000;
 pub const MAX_DRAG_POINTS: usize = 1_000;
+/// The largest pointer travel, each way, that toolkits still treat as a click (Qt's default
+/// start-drag distance; GTK's is 8).
+pub const DRAG_THRESHOLD_PX: i64 = 10;
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum ActionError {
@@ -163,6 +166,52 @@ impl Action {
         }
     }
 
+    /// Whether this is a drag that toolkits take for a click: one whose points all stay within
+    /// `DRAG_THRESHOLD_PX` of where the button went down. GTK starts a drag only past 8 px and
+    /// Qt past 10 px; below that the release lands on the pressed widget and activates it.
+    pub fn is_click_like_drag(&self) -> bool {
+        match self {
+            Action::Drag { path } => path.first().is_some_and(|&[x0, y0]| {
+                path.iter().all(|&[x, y]| {
+                    (i64::from(x) - i64::from(x0)).abs() <= DRAG_THRESHOLD_PX
+                        && (i64::from(y) - i64::from(y0)).abs() <= DRAG_THRESHOLD_PX
+                })
+            }),
+            _ => false,
+        }
+    }
+
+    /// The text this action enters into a focused text field, as the keys that are sent
+    /// spell it: typed text with every Return as `\n`, or the character, Return, Tab or
+    /// Space of a key action without ctrl, alt or super. Detectors, command inference and the
+    /// per-window record of typed text all read this, so typing key by key counts as typing.
+    pub fn typed_text(&self) -> Option<String> {
+        let key_text = |key: ChordKey| match key {
+            ChordKey::Char(c) => Some(c),
+            ChordKey::Named(NamedKey::Return) => Some('\n'),
+            ChordKey::Named(NamedKey::Tab) => Some('\t'),
+            ChordKey::Named(NamedKey::Space) => Some(' '),
+            _ => None,
+        };
+        match self {
+            Action::Type { text } => {
+                Some(text_keys(text).into_iter().filter_map(key_text).collect())
+            }
+            Action::Key { .. } | Action::HoldKey { .. } => {
+                let chord = self.chord().ok().flatten()?;
+                let plain = chord.modifiers.iter().all(|m| *m == Modifier::Shift);
+                let shifted = chord.modifiers.contains(&Modifier::Shift);
+                let c = key_text(chord.key).filter(|_| plain)?;
+                Some(if shifted {
+                    c.to_uppercase().collect()
+                } else {
+                    c.to_string()
+                })
+            }
+            _ => None,
+        }
+    }
+
     /// The parsed chord of `key` and `hold_key`.
     pub fn chord(&self) -> Result<Option<Chord>, ChordError> {
         match self {
@@ -207,6 +256,18 @@ impl Action {
                 )))
             }
             Action::Type { text } if text.is_empty() => Err(invalid("text is empty".into())),
+            Action::Type { text } if text.chars().any(|c| !typeable(c)) => {
+                let (at, c) = text
+                    .chars()
+                    .enumerate()
+                    .find(|(_, c)| !typeable(*c))
+                    .unwrap_or((0, '\0'));
+                Err(invalid(format!(
+                    "text holds the control character U+{:04X} at character {}; send keys such as Delete, Backspace or Escape with a key action, where the policy sees them",
+                    u32::from(c),
+                    at + 1
+                )))
+            }
             Action::Type { text } if text.chars().count() > MAX_TEXT_CHARS => {
                 Err(invalid(format!(
                     "text has {} characters; at most {MAX_TEXT_CHARS} per action",
@@ -365,6 +426,41 @@ mod tests {
         assert!(Action::from_json(r#"{"action":"scroll","x":1,"y":1}"#).is_err());
         assert!(Action::from_json(r#"{"action":"wait","ms":600000}"#).is_err());
         assert!(Action::from_json(r#"{"action":"type","text":""}"#).is_err());
+        let err = Action::from_json(r#"{"action":"type","text":"ok\u007f"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("U+007F at character 3"), "{err}");
+        assert!(Action::from_json(r#"{"action":"type","text":"\u001b:q!"}"#).is_err());
+        assert!(Action::from_json(r#"{"action":"type","text":"a\r\nb\tc\n"}"#).is_ok());
+    }
+
+    #[test]
+    fn short_drags_are_clicks() {
+        let drag = |path: Vec<[i32; 2]>| Action::Drag { path };
+        assert!(drag(vec![[100, 100], [100, 100]]).is_click_like_drag());
+        assert!(drag(vec![[100, 100], [101, 100]]).is_click_like_drag());
+        assert!(drag(vec![[100, 100], [110, 90], [105, 100]]).is_click_like_drag());
+        assert!(!drag(vec![[100, 100], [111, 100]]).is_click_like_drag());
+        // A path that wanders away and comes back has dragged something.
+        assert!(!drag(vec![[100, 100], [300, 100], [100, 100]]).is_click_like_drag());
+        assert!(!Action::Move { x: 1, y: 1 }.is_click_like_drag());
+    }
+
+    #[test]
+    fn typed_text_is_what_reaches_a_text_field() {
+        let key = |chord: &str| Action::Key {
+            chord: chord.into(),
+        };
+        let typed = |text: &str| Action::Type { text: text.into() };
+        assert_eq!(typed("ls\r\n").typed_text().as_deref(), Some("ls\n"));
+        assert_eq!(typed("a\rb").typed_text().as_deref(), Some("a\nb"));
+        assert_eq!(key("h").typed_text().as_deref(), Some("h"));
+        assert_eq!(key("shift+h").typed_text().as_deref(), Some("H"));
+        assert_eq!(key("Return").typed_text().as_deref(), Some("\n"));
+        assert_eq!(key("space").typed_text().as_deref(), Some(" "));
+        assert_eq!(key("ctrl+h").typed_text(), None);
+        assert_eq!(key("Delete").typed_text(), None);
+        assert_eq!(Action::Wait { ms: 1 }.typed_text(), None);
     }
 
     fn arb_action() -> impl Strategy<Value = Action> {

@@ -89,7 +89,7 @@ impl ChordKey {
     /// their own, not characters, in every application.
     pub fn for_text(c: char) -> ChordKey {
         match c {
-            '\n' => ChordKey::Named(NamedKey::Return),
+            '\n' | '\r' => ChordKey::Named(NamedKey::Return),
             '\t' => ChordKey::Named(NamedKey::Tab),
             c => ChordKey::Char(c),
         }
@@ -103,6 +103,29 @@ impl ChordKey {
             ChordKey::Char(c) => c.to_string(),
         }
     }
+}
+
+/// The keys that typing `text` sends, in order. This is what the executor presses and what
+/// the policy judges, so that no spelling of a key (`\r` for Return) can reach the desktop
+/// unseen. A Windows line end `\r\n` is one Return, as a person would type it. Text that
+/// holds other control characters is refused by `Action::validate` before it gets here.
+pub fn text_keys(text: &str) -> Vec<ChordKey> {
+    let mut keys = Vec::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\r' && chars.peek() == Some(&'\n') {
+            chars.next();
+        }
+        keys.push(ChordKey::for_text(c));
+    }
+    keys
+}
+
+/// Whether `c` may appear in typed text: control characters other than newline, carriage
+/// return and tab would reach applications as keys (Backspace, Delete, Escape) that no rule
+/// saw as keys.
+pub fn typeable(c: char) -> bool {
+    !c.is_control() || matches!(c, '\n' | '\r' | '\t')
 }
 
 /// Modifiers held while one key is pressed.
@@ -121,6 +144,10 @@ pub enum ChordError {
     UnknownKey { key: String, chord: String },
     #[error("empty key name in '{0}' (use 'plus' for the + key)")]
     EmptyPart(String),
+    #[error(
+        "chord {chord:?} holds the control character U+{code:04X}; control characters are not keys here: name the key instead (backspace, delete, escape, return, tab)"
+    )]
+    ControlCharacter { chord: String, code: u32 },
     #[error(
         "chord '{chord}' presses two keys ('{first}' and '{second}'); one chord holds modifiers plus one key, so send them as two key actions"
     )]
@@ -145,6 +172,14 @@ impl Chord {
             let part = part.trim();
             if part.is_empty() {
                 return Err(ChordError::EmptyPart(trimmed.to_owned()));
+            }
+            // A control character as a key name would be sent as the key it stands for
+            // (U+0008 as BackSpace), under a spelling no policy rule names.
+            if let Some(c) = part.chars().find(|c| c.is_control()) {
+                return Err(ChordError::ControlCharacter {
+                    chord: trimmed.to_owned(),
+                    code: u32::from(c),
+                });
             }
             let parsed = parse_key(part).ok_or_else(|| ChordError::UnknownKey {
                 key: part.to_owned(),
@@ -310,6 +345,46 @@ mod tests {
             "ctrl+shift"
         );
         assert_eq!(Chord::parse("ctrl+ä").unwrap().key, ChordKey::Char('ä'));
+    }
+
+    #[test]
+    fn control_characters_are_not_keys() {
+        for chord in [
+            "ctrl+alt+\u{8}",
+            "ctrl+alt+\u{7f}",
+            "\u{1b}",
+            "ctrl+\u{0}",
+            "alt+\u{9b}",
+        ] {
+            assert!(
+                matches!(
+                    Chord::parse(chord),
+                    Err(ChordError::ControlCharacter { .. })
+                ),
+                "{chord:?}"
+            );
+        }
+        let message = Chord::parse("ctrl+alt+\u{8}").unwrap_err().to_string();
+        assert!(message.contains("U+0008"), "{message}");
+        assert!(message.contains("backspace"), "{message}");
+    }
+
+    #[test]
+    fn typed_text_becomes_the_keys_that_are_sent() {
+        assert_eq!(
+            text_keys("a\rb\r\nc\n\t"),
+            vec![
+                ChordKey::Char('a'),
+                ChordKey::Named(NamedKey::Return),
+                ChordKey::Char('b'),
+                ChordKey::Named(NamedKey::Return),
+                ChordKey::Char('c'),
+                ChordKey::Named(NamedKey::Return),
+                ChordKey::Named(NamedKey::Tab),
+            ]
+        );
+        assert!(typeable('\n') && typeable('\r') && typeable('\t') && typeable('é'));
+        assert!(!typeable('\u{7f}') && !typeable('\u{8}') && !typeable('\u{1b}'));
     }
 
     #[test]

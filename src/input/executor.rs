@@ -10,7 +10,7 @@ use thiserror::Error;
 
 use super::abort::{AbortReason, AbortSignal, Releaser};
 use super::action::{Action, ActionError, MouseButton};
-use super::chord::ChordKey;
+use super::chord::{ChordKey, text_keys};
 use crate::screen::{MonitorInfo, ScreenPoint};
 
 /// A device error, from whatever injects the events.
@@ -154,8 +154,7 @@ pub fn plan(action: &Action) -> Result<Vec<Step>, ActionError> {
             }
         }
         Action::Type { text } => {
-            for c in text.chars() {
-                let key = ChordKey::for_text(c);
+            for key in text_keys(text) {
                 steps.push(Step::Key(key, true));
                 steps.push(Step::Key(key, false));
             }

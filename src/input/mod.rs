@@ -9,7 +9,7 @@ mod executor;
 
 pub use abort::{ABORT_EXIT_CODE, AbortReason, AbortSignal, Releaser, exit_on_signals};
 pub use action::{Action, ActionError, MouseButton};
-pub use chord::{Chord, ChordError, ChordKey, Modifier, NamedKey};
+pub use chord::{Chord, ChordError, ChordKey, Modifier, NamedKey, text_keys};
 pub use enigo_device::EnigoDevice;
 pub use executor::{
     CORNER_MARGIN, DeviceError, Executor, Hands, Held, InputDevice, InputError, Performed, Step,

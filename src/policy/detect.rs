@@ -15,6 +15,7 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 use serde::{Deserialize, Serialize};
+use unicode_normalization::UnicodeNormalization;
 
 /// One detector that fired on a text: its name, whether it counts as a secret, and how many
 /// distinct places matched. Never the matched text.
@@ -32,7 +33,7 @@ pub const BUILTIN_DETECTORS: &[(&str, bool, &str)] = &[
     (
         "api_token",
         true,
-        "well-known API token shapes (GitHub, OpenAI/Anthropic sk-, AWS key ids, Slack, Google, GitLab, Hugging Face, npm, Stripe, JWTs)",
+        "well-known API token shapes (GitHub, OpenAI/Anthropic sk-, AWS key ids and secret access keys, Slack, Google, GitLab, Hugging Face, npm, Stripe, JWTs)",
     ),
     (
         "card_number",
@@ -52,7 +53,7 @@ pub const BUILTIN_DETECTORS: &[(&str, bool, &str)] = &[
     (
         "private_key",
         true,
-        "PEM private key blocks (RSA, EC, OpenSSH, encrypted, PKCS#8) and PuTTY key files",
+        "PEM private key blocks (RSA, EC, OpenSSH, encrypted, PKCS#8), their base64 bodies without the header, PGP private key blocks, age secret keys and PuTTY key files",
     ),
 ];
 
@@ -70,6 +71,9 @@ enum Matcher {
     /// Cards are scanned by hand: a valid number may start at any digit group inside a longer
     /// run of grouped digits, which a leftmost regex would swallow whole.
     CardNumber,
+    /// A scanner of its own, for shapes defined by a whole run of characters (a regex
+    /// without look-behind would find them inside longer runs too).
+    Scanner(fn(&str, &mut Vec<(usize, usize)>)),
 }
 
 impl Matcher {
@@ -98,6 +102,7 @@ impl Matcher {
                 }
             }
             Matcher::CardNumber => card_spans(text, out),
+            Matcher::Scanner(scan) => scan(text, out),
         }
     }
 }
@@ -113,28 +118,178 @@ fn next_char_boundary(text: &str, at: usize) -> usize {
 struct Detector {
     secret: bool,
     matchers: Vec<Matcher>,
+    /// Whether it also reads the text with separators between digits taken out (numbers
+    /// typed box by box). Only number detectors do: joining digits across separators makes
+    /// runs of letters and digits that other shapes would mistake for tokens.
+    joins_digits: bool,
 }
 
 impl Detector {
-    /// Matched regions with overlaps merged, so two patterns under one name that find the
-    /// same place count it once.
-    fn regions(&self, text: &str, out: &mut Vec<(usize, usize)>) {
+    /// Matched regions of the original text, found in it and in each of its `views`, with
+    /// overlaps merged, so two patterns (or two views) that find the same place count it once.
+    fn regions(&self, views: &Views, out: &mut Vec<(usize, usize)>) {
         out.clear();
-        for m in &self.matchers {
-            m.spans(text, out);
-        }
-        if self.matchers.len() > 1 {
-            out.sort_unstable();
-            let mut merged: Vec<(usize, usize)> = Vec::with_capacity(out.len());
-            for &(s, e) in out.iter() {
-                match merged.last_mut() {
-                    Some(last) if s < last.1 => last.1 = last.1.max(e),
-                    _ => merged.push((s, e)),
-                }
+        let mut found = Vec::new();
+        for view in views.for_detector(self) {
+            for m in &self.matchers {
+                found.clear();
+                m.spans(view.text(), &mut found);
+                out.extend(found.iter().map(|&span| view.to_original(span)));
             }
-            *out = merged;
+        }
+        out.sort_unstable();
+        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(out.len());
+        for &(s, e) in out.iter() {
+            match merged.last_mut() {
+                Some(last) if s < last.1 => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        *out = merged;
+    }
+}
+
+/// One way of reading a text, with the place in the original each of its bytes came from.
+struct View {
+    text: String,
+    /// For each byte of `text`: the byte range of the original character it came from.
+    origin: Vec<(usize, usize)>,
+}
+
+impl View {
+    fn text(&self) -> &str {
+        &self.text
+    }
+
+    fn to_original(&self, (start, end): (usize, usize)) -> (usize, usize) {
+        match (
+            self.origin.get(start),
+            end.checked_sub(1).and_then(|e| self.origin.get(e)),
+        ) {
+            (Some(first), Some(last)) => (first.0, last.1),
+            _ => (start, end),
         }
     }
+
+    fn push(&mut self, c: char, from: (usize, usize)) {
+        self.text.push(c);
+        self.origin.extend(std::iter::repeat_n(from, c.len_utf8()));
+    }
+
+    /// The text as a detector should read it: NFKC (fullwidth and mathematical letters and
+    /// digits become ASCII), digits of every script as ASCII digits, invisible characters
+    /// (zero-width spaces and joiners, soft hyphens, byte order marks) gone.
+    fn folded(original: &str) -> View {
+        let mut view = View {
+            text: String::with_capacity(original.len()),
+            origin: Vec::with_capacity(original.len()),
+        };
+        for (at, c) in original.char_indices() {
+            let from = (at, at + c.len_utf8());
+            if INVISIBLE.contains(&c) {
+                continue;
+            }
+            for n in std::iter::once(c).nfkc() {
+                view.push(ascii_digit(n).unwrap_or(n), from);
+            }
+        }
+        view
+    }
+
+    /// The folded text with short runs of separators between digits taken out, so digits
+    /// entered in boxes (a tab between groups, as four-box card forms are filled) or spelt
+    /// with dots or slashes read as one number.
+    fn digits_joined(&self) -> View {
+        let mut view = View {
+            text: String::with_capacity(self.text.len()),
+            origin: Vec::with_capacity(self.origin.len()),
+        };
+        let chars: Vec<(usize, char)> = self.text.char_indices().collect();
+        let mut i = 0;
+        while i < chars.len() {
+            let (at, c) = chars[i];
+            view.push(c, self.origin[at]);
+            i += 1;
+            if c.is_ascii_digit() {
+                let run = chars[i..]
+                    .iter()
+                    .take_while(|(_, c)| DIGIT_SEPARATORS.contains(c))
+                    .count();
+                let next_is_digit = chars.get(i + run).is_some_and(|(_, c)| c.is_ascii_digit());
+                if run > 0 && run <= 3 && next_is_digit {
+                    i += run;
+                }
+            }
+        }
+        view
+    }
+}
+
+/// The original text and the other ways detectors read it.
+struct Views {
+    original: View,
+    folded: Option<View>,
+    joined: Option<View>,
+}
+
+impl Views {
+    fn of(text: &str) -> Views {
+        let original = View {
+            text: text.to_owned(),
+            origin: text
+                .char_indices()
+                .flat_map(|(at, c)| std::iter::repeat_n((at, at + c.len_utf8()), c.len_utf8()))
+                .collect(),
+        };
+        let folded = View::folded(text);
+        let joined = folded.digits_joined();
+        let joined = (joined.text != folded.text).then_some(joined);
+        let folded = (folded.text != original.text).then_some(folded);
+        Views {
+            original,
+            folded,
+            joined,
+        }
+    }
+
+    fn for_detector(&self, detector: &Detector) -> impl Iterator<Item = &View> {
+        let joined = self.joined.as_ref().filter(|_| detector.joins_digits);
+        std::iter::once(&self.original)
+            .chain(self.folded.as_ref())
+            .chain(joined)
+    }
+}
+
+/// Characters that show nothing and separate nothing; attackers put them inside secrets.
+const INVISIBLE: &[char] = &[
+    '\u{00AD}', '\u{034F}', '\u{180E}', '\u{200B}', '\u{200C}', '\u{200D}', '\u{2060}', '\u{2061}',
+    '\u{2062}', '\u{2063}', '\u{2064}', '\u{FEFF}',
+];
+
+/// What may stand between the digit groups of one number (after NFKC, a no-break space is a
+/// space).
+const DIGIT_SEPARATORS: &[char] = &[' ', '\t', '.', '/', '-'];
+
+/// The first code point of every run of ten decimal digits (Unicode category Nd) outside
+/// ASCII that NFKC leaves alone: Arabic-Indic, Devanagari, Thai and the rest.
+const DIGIT_ZEROS: &[u32] = &[
+    0x0660, 0x06F0, 0x07C0, 0x0966, 0x09E6, 0x0A66, 0x0AE6, 0x0B66, 0x0BE6, 0x0C66, 0x0CE6, 0x0D66,
+    0x0DE6, 0x0E50, 0x0ED0, 0x0F20, 0x1040, 0x1090, 0x17E0, 0x1810, 0x1946, 0x19D0, 0x1A80, 0x1A90,
+    0x1B50, 0x1BB0, 0x1C40, 0x1C50, 0xA620, 0xA8D0, 0xA900, 0xA9D0, 0xA9F0, 0xAA50, 0xABF0,
+    0x104A0, 0x10D30, 0x11066, 0x110F0, 0x11136, 0x111D0, 0x112F0, 0x11450, 0x114D0, 0x11650,
+    0x116C0, 0x11730, 0x118E0, 0x11950, 0x11C50, 0x11D50, 0x11DA0, 0x11F50, 0x16A60, 0x16AC0,
+    0x16B50, 0x1E140, 0x1E2F0, 0x1E4F0, 0x1E950, 0x1FBF0,
+];
+
+/// The ASCII digit a decimal digit of any script stands for.
+fn ascii_digit(c: char) -> Option<char> {
+    let code = u32::from(c);
+    if c.is_ascii() || !c.is_numeric() {
+        return None;
+    }
+    let zero = DIGIT_ZEROS.iter().rev().find(|&&z| z <= code)?;
+    let value = code - zero;
+    (value < 10).then(|| char::from(b'0' + value as u8))
 }
 
 /// The text detectors in force: the built-ins plus the user's regex detectors.
@@ -179,8 +334,22 @@ const PRIVATE_KEY_PATTERN: &str = r"(?x)
           (?s:.*?)-----END\ [A-Z0-9\ ]{0,40}PRIVATE\ KEY-----
         | (?:\r?\n[A-Za-z0-9+/=]+)*
       )
+    | -----BEGIN\ PGP\ PRIVATE\ KEY\ BLOCK-----
+      (?:
+          (?s:.*?)-----END\ PGP\ PRIVATE\ KEY\ BLOCK-----
+        | (?:\r?\n(?:[A-Za-z-]+:\ [^\r\n]*|[A-Za-z0-9+/=]*))*
+      )
     | (?-u:\b)PuTTY-User-Key-File-[0-9]+:[^\r\n]*
       (?:\r?\n(?:[A-Za-z-]+:[^\r\n]*|[A-Za-z0-9+/=]+))*
+    | (?-u:\b)AGE-SECRET-KEY-1[QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L]{58}(?-u:\b)
+    ";
+
+// The base64 body of a key without its BEGIN line: DER keys (RSA, PKCS#8, EC) open with
+// `MII`, OpenSSH keys with the encoding of "openssh-key-v1". Certificates open with `MII`
+// too; typing one by agent is rare enough that asking is the better mistake.
+const PEM_BODY_PATTERN: &str = r"(?x)
+    (?-u:\b)(?:MII[A-Za-z0-9+/]{60,}|b3BlbnNzaC1rZXktdjE[A-Za-z0-9+/]{40,})={0,2}
+    (?:\r?\n[A-Za-z0-9+/]{16,}={0,2})*
     ";
 
 const IBAN_PATTERN: &str = r"(?x)
@@ -198,6 +367,7 @@ fn compile_builtins() -> Detectors {
         Detector {
             secret: true,
             matchers: vec![Matcher::CardNumber],
+            joins_digits: true,
         },
     );
     by_name.insert(
@@ -208,6 +378,7 @@ fn compile_builtins() -> Detectors {
                 candidates: builtin_regex(IBAN_PATTERN),
                 accept: accept_iban,
             }],
+            joins_digits: false,
         },
     );
     by_name.insert(
@@ -220,14 +391,20 @@ fn compile_builtins() -> Detectors {
                     candidates: builtin_regex(SK_PATTERN),
                     accept: accept_sk_token,
                 },
+                Matcher::Scanner(aws_secret_spans),
             ],
+            joins_digits: false,
         },
     );
     by_name.insert(
         "private_key".to_string(),
         Detector {
             secret: true,
-            matchers: vec![Matcher::Regex(builtin_regex(PRIVATE_KEY_PATTERN))],
+            matchers: vec![
+                Matcher::Regex(builtin_regex(PRIVATE_KEY_PATTERN)),
+                Matcher::Regex(builtin_regex(PEM_BODY_PATTERN)),
+            ],
+            joins_digits: false,
         },
     );
     Detectors { by_name }
@@ -247,6 +424,7 @@ impl Detectors {
         let detector = self.by_name.entry(name.to_string()).or_insert(Detector {
             secret: false,
             matchers: Vec::new(),
+            joins_digits: false,
         });
         detector.secret |= secret;
         detector.matchers.push(Matcher::Regex(regex));
@@ -272,15 +450,28 @@ impl Detectors {
 
     /// Which detectors fire on `text` and how often, sorted by name.
     pub fn scan(&self, text: &str) -> Vec<DetectorHit> {
+        self.scan_after("", text)
+    }
+
+    /// Which detectors fire on `text` typed after `before` (the text already sent to the same
+    /// window), counting only matches that reach into `text`: a card number typed group by
+    /// group is found when its last group arrives.
+    pub fn scan_after(&self, before: &str, text: &str) -> Vec<DetectorHit> {
+        let combined = format!("{before}{text}");
+        let views = Views::of(&combined);
         let mut regions = Vec::new();
         let mut hits = Vec::new();
         for (name, detector) in &self.by_name {
-            detector.regions(text, &mut regions);
-            if !regions.is_empty() {
+            detector.regions(&views, &mut regions);
+            let count = regions
+                .iter()
+                .filter(|&&(_, end)| end > before.len())
+                .count();
+            if count > 0 {
                 hits.push(DetectorHit {
                     name: name.clone(),
                     secret: detector.secret,
-                    count: regions.len(),
+                    count,
                 });
             }
         }
@@ -292,8 +483,9 @@ impl Detectors {
     pub fn redact(&self, text: &str) -> String {
         let mut spans: Vec<(usize, usize, &str)> = Vec::new();
         let mut regions = Vec::new();
+        let views = Views::of(text);
         for (name, detector) in &self.by_name {
-            detector.regions(text, &mut regions);
+            detector.regions(&views, &mut regions);
             spans.extend(regions.iter().map(|&(s, e)| (s, e, name.as_str())));
         }
         if spans.is_empty() {
@@ -429,6 +621,35 @@ fn luhn_ok(d: &[u8]) -> bool {
         })
         .sum();
     sum.is_multiple_of(10)
+}
+
+/// AWS secret access keys: a run of exactly 40 base64 characters (letters, digits, `/`, `+`)
+/// that mixes upper case, lower case and digits. Git's 40-digit hashes are lower-case hex,
+/// so they never count.
+fn aws_secret_spans(text: &str, out: &mut Vec<(usize, usize)>) {
+    let bytes = text.as_bytes();
+    let is_body = |b: u8| b.is_ascii_alphanumeric() || b == b'/' || b == b'+';
+    let mut i = 0;
+    while i < bytes.len() {
+        if !is_body(bytes[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && is_body(bytes[i]) {
+            i += 1;
+        }
+        let run = &bytes[start..i];
+        let padded = bytes.get(i) == Some(&b'=');
+        if run.len() == 40
+            && !padded
+            && run.iter().any(u8::is_ascii_uppercase)
+            && run.iter().any(u8::is_ascii_lowercase)
+            && run.iter().any(u8::is_ascii_digit)
+        {
+            out.push((start, i));
+        }
+    }
 }
 
 /// Accepts an IBAN candidate, or the longest prefix of a grouped one ending at a group, so
@@ -662,7 +883,7 @@ mod tests {
             "04111111111111111111",
             "x4111111111111111",
             "4111111111111111y",
-            "4111  1111 1111 1111",
+            "4111    1111 1111 1111",
         ] {
             assert_eq!(hit_count(&d, not_card, "card_number"), 0, "{not_card}");
         }
@@ -817,6 +1038,94 @@ mod tests {
         ] {
             assert_eq!(hit_count(&d, not_key, "private_key"), 0, "{not_key}");
         }
+    }
+
+    #[test]
+    fn secrets_are_found_through_disguises() {
+        let d = Detectors::builtin();
+        let cases = [
+            // Four-box card forms are filled with a tab between the groups.
+            ("4111\t1111\t1111\t1111", "card_number"),
+            ("4111.1111.1111.1111", "card_number"),
+            ("4111/1111/1111/1111", "card_number"),
+            ("4111  1111  1111  1111", "card_number"),
+            ("4111\u{a0}1111\u{a0}1111\u{a0}1111", "card_number"),
+            ("4111\u{200b}1111\u{200b}1111\u{200b}1111", "card_number"),
+            // Fullwidth and Arabic-Indic digits.
+            ("４１１１１１１１１１１１１１１１", "card_number"),
+            (
+                "\u{664}\u{661}\u{661}\u{661}\u{661}\u{661}\u{661}\u{661}\u{661}\u{661}\u{661}\u{661}\u{661}\u{661}\u{661}\u{661}",
+                "card_number",
+            ),
+            ("AKIA\u{200b}IOSFODNN7EXAMPLE", "api_token"),
+            ("ＡＫＩＡＩＯＳＦＯＤＮＮ７ＥＸＡＭＰＬＥ", "api_token"),
+        ];
+        for (text, name) in cases {
+            assert_eq!(names(&d.scan(text)), [name], "{text:?}");
+            let redacted = d.redact(text);
+            assert_eq!(redacted, format!("[redacted:{name}]"), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn new_secret_shapes() {
+        let d = Detectors::builtin();
+        let pgp = "-----BEGIN PGP PRIVATE KEY BLOCK-----\n\nlQOYBGN0c2EBCAC5\n=abcd\n-----END PGP PRIVATE KEY BLOCK-----";
+        let age = "AGE-SECRET-KEY-1QYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQSQ0LL8L";
+        let pem_body = format!(
+            "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7{}\n{}",
+            "a".repeat(20),
+            "b".repeat(64)
+        );
+        let openssh = format!(
+            "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ{}",
+            "A".repeat(30)
+        );
+        for text in [pgp, age, &pem_body, &openssh] {
+            assert_eq!(names(&d.scan(text)), ["private_key"], "{text:?}");
+            assert_eq!(d.redact(text), "[redacted:private_key]", "{text:?}");
+        }
+        let aws = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+        assert_eq!(names(&d.scan(&format!("key={aws} "))), ["api_token"]);
+        // A git hash is 40 characters too.
+        assert!(
+            d.scan("e83c5163316f89bfbde7d9ab23ca2e25604af290")
+                .is_empty()
+        );
+        assert!(
+            d.scan(&format!("{aws}x")).is_empty(),
+            "41 characters are not a key"
+        );
+    }
+
+    #[test]
+    fn typed_in_pieces_is_found_when_the_last_piece_arrives() {
+        let d = Detectors::builtin();
+        assert!(d.scan_after("", "4111 1111").is_empty());
+        assert_eq!(
+            names(&d.scan_after("4111 1111", " 1111 1111")),
+            ["card_number"]
+        );
+        // A secret typed earlier is not counted again by what follows it.
+        assert!(d.scan_after("4111 1111 1111 1111", " thanks").is_empty());
+    }
+
+    #[test]
+    fn every_listed_digit_zero_starts_ten_digits() {
+        for &zero in DIGIT_ZEROS {
+            for value in 0..10 {
+                let c = char::from_u32(zero + value).unwrap();
+                assert!(c.is_numeric(), "U+{:04X}", zero + value);
+                assert_eq!(
+                    ascii_digit(c),
+                    char::from_digit(value, 10),
+                    "U+{:04X}",
+                    zero + value
+                );
+            }
+        }
+        assert_eq!(ascii_digit('7'), None);
+        assert_eq!(ascii_digit('x'), None);
     }
 
     #[test]

@@ -12,10 +12,10 @@ use super::file::{self, Layer, PolicyFile};
 use super::rule::Facts;
 use super::{
     BudgetLimits, BudgetTracker, DetectorHit, Detectors, Grant, GrantError, GrantScope, GrantStore,
-    Intent, NormalizedPoint, PolicyError, PolicyErrors, Preset, Request, Verdict, infer_intents,
-    password_context,
+    Intent, NormalizedPoint, PolicyError, PolicyErrors, Preset, Request, Verdict,
+    infer_intents_after, password_context,
 };
-use crate::input::Action;
+use crate::input::{Action, Chord, ChordKey, NamedKey};
 
 /// One rule (or default, preset entry, floor rule, budget) that applied to a request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +30,13 @@ pub struct Match {
     pub reason: String,
     /// Whether an ask from this entry may be answered "session" or "always".
     pub rememberable: bool,
+    /// Whether such an answer lasts only for this run (`remember = "session"`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub session_only: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The policy's answer for one request, with everything needed to explain it.
@@ -45,6 +52,9 @@ pub struct Decision {
     pub reason: String,
     /// Whether this ask may be answered "session" or "always".
     pub rememberable: bool,
+    /// Whether it may be remembered for this run only: "always" is not offered.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub session_only: bool,
     /// Every rule and entry that matched, deciding one included.
     pub matched: Vec<Match>,
     /// Detector names and counts; never the text they found.
@@ -70,8 +80,19 @@ impl Decision {
 
 const BUILT_IN: &str = "built-in";
 
+/// Where deskhand keeps its policy and grants unless the environment moves them; protected
+/// even when this engine was built from texts rather than loaded from these places.
+const DEFAULT_OWN_FILES: &[&str] = &[
+    "/etc/deskhand/policy.toml",
+    "~/.config/deskhand/policy.toml",
+    "~/.local/share/deskhand/grants.toml",
+];
+
 /// Chords that kill the X session, lock or leave it, or switch away from it.
 const SESSION_CHORDS: &[&str] = &[
+    // KDE Plasma: log out, shut down and reboot without confirmation.
+    "ctrl+alt+shift+pagedown",
+    "ctrl+alt+shift+pageup",
     "ctrl+alt+backspace",
     "ctrl+alt+delete",
     "ctrl+alt+shift+delete",
@@ -99,8 +120,11 @@ const SESSION_CHORDS: &[&str] = &[
 /// Where the policy's files are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyPaths {
-    /// `/etc/deskhand/policy.toml` unless `DESKHAND_SYSTEM_POLICY` says otherwise (empty: none).
+    /// `/etc/deskhand/policy.toml` unless `DESKHAND_SYSTEM_POLICY` names another file, or says
+    /// `none`.
     pub system: Option<PathBuf>,
+    /// Whether a missing system file is an error: it was named explicitly.
+    pub system_required: bool,
     /// `~/.config/deskhand/policy.toml` or `DESKHAND_POLICY`.
     pub user: PathBuf,
     /// `~/.local/share/deskhand/grants.toml` or `DESKHAND_GRANTS`.
@@ -108,13 +132,20 @@ pub struct PolicyPaths {
 }
 
 #[derive(Debug, Error)]
-#[error(
-    "no home directory to keep the policy in; set DESKHAND_POLICY and DESKHAND_GRANTS to file paths"
-)]
-pub struct NoHomeDir;
+pub enum PolicyPathsError {
+    #[error(
+        "no home directory to keep the policy in; set DESKHAND_POLICY and DESKHAND_GRANTS to file paths"
+    )]
+    NoHomeDir,
+    #[error(
+        "DESKHAND_SYSTEM_POLICY is set but empty; unset it to use /etc/deskhand/policy.toml, set it to a policy file's path, or to \"none\" to run without a system layer (an empty value would drop it silently)"
+    )]
+    EmptySystemOverride,
+}
 
 impl PolicyPaths {
-    pub fn from_env() -> Result<PolicyPaths, NoHomeDir> {
+    pub fn from_env() -> Result<PolicyPaths, PolicyPathsError> {
+        use PolicyPathsError::NoHomeDir;
         let var = |key: &str| std::env::var_os(key);
         let dirs = directories::ProjectDirs::from("", "", "deskhand");
         let user = match var("DESKHAND_POLICY").filter(|v| !v.is_empty()) {
@@ -133,13 +164,15 @@ impl PolicyPaths {
                 .data_dir()
                 .join("grants.toml"),
         };
-        let system = match var("DESKHAND_SYSTEM_POLICY") {
-            Some(path) if path.is_empty() => None,
-            Some(path) => Some(PathBuf::from(path)),
-            None => Some(PathBuf::from("/etc/deskhand/policy.toml")),
+        let (system, system_required) = match var("DESKHAND_SYSTEM_POLICY") {
+            Some(path) if path.is_empty() => return Err(PolicyPathsError::EmptySystemOverride),
+            Some(path) if path == "none" => (None, false),
+            Some(path) => (Some(PathBuf::from(path)), true),
+            None => (Some(PathBuf::from("/etc/deskhand/policy.toml")), false),
         };
         Ok(PolicyPaths {
             system,
+            system_required,
             user,
             grants,
         })
@@ -156,6 +189,8 @@ pub struct PolicyEngine {
     session_grants: Vec<Grant>,
     locked: Option<PolicyErrors>,
     notes: Vec<String>,
+    /// deskhand's own policy and grants files: input that would edit them is refused.
+    own_files: Vec<PathBuf>,
 }
 
 impl PolicyEngine {
@@ -170,24 +205,37 @@ impl PolicyEngine {
         let mut sources = Vec::new();
         let mut errors = Vec::new();
         let mut notes = Vec::new();
-        let mut read = |layer: Layer, path: &Path, missing_note: Option<String>| {
+        let mut read = |layer: Layer,
+                        path: &Path,
+                        missing_ok: bool,
+                        missing_note: Option<String>| {
             match std::fs::read_to_string(path) {
                 Ok(text) => sources.push((layer, path.to_path_buf(), text)),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => notes.extend(missing_note),
+                Err(e) if e.kind() == io::ErrorKind::NotFound && missing_ok => {
+                    notes.extend(missing_note)
+                }
                 Err(e) => errors.push(PolicyError {
                     path: path.to_path_buf(),
                     line: 1,
                     column: 1,
-                    message: format!("cannot read the policy file: {e}"),
+                    message: format!(
+                        "cannot read the policy file: {e}{}",
+                        if layer == Layer::System && !missing_ok {
+                            " (DESKHAND_SYSTEM_POLICY names it: fix the path, or unset the variable to use /etc/deskhand/policy.toml)"
+                        } else {
+                            ""
+                        }
+                    ),
                 }),
             }
         };
         if let Some(system) = &paths.system {
-            read(Layer::System, system, None);
+            read(Layer::System, system, !paths.system_required, None);
         }
         read(
             Layer::User,
             &paths.user,
+            true,
             Some(format!(
                 "no policy file at {}; the built-in strict preset decides. Write one with `deskhand policy init`.",
                 paths.user.display()
@@ -198,6 +246,13 @@ impl PolicyEngine {
         }
         let mut engine = PolicyEngine::from_sources(sources)?;
         engine.notes.extend(notes);
+        engine.own_files.extend(
+            paths
+                .system
+                .iter()
+                .chain([&paths.user, &paths.grants])
+                .cloned(),
+        );
         match GrantStore::new(&paths.grants).load() {
             Ok(grants) => engine.grants = grants,
             // Ignoring grants only makes decisions stricter, so the run may go on.
@@ -259,6 +314,7 @@ impl PolicyEngine {
             session_grants: Vec::new(),
             locked: None,
             notes: Vec::new(),
+            own_files: DEFAULT_OWN_FILES.iter().map(PathBuf::from).collect(),
         };
         let failures = engine.failing_examples();
         if failures.is_empty() {
@@ -278,6 +334,7 @@ impl PolicyEngine {
             session_grants: Vec::new(),
             locked: Some(errors),
             notes: Vec::new(),
+            own_files: Vec::new(),
         }
     }
 
@@ -341,11 +398,17 @@ impl PolicyEngine {
 
     /// Decides `request`; `now` is only used to expire grants.
     pub fn decide_at(&self, request: &Request, now: SystemTime) -> Decision {
+        self.decide_after("", request, now)
+    }
+
+    /// Decides `request`, which would type after `typed_before`: the text already sent to the
+    /// same window in this run. Detectors and command inference read the two together.
+    pub fn decide_after(&self, typed_before: &str, request: &Request, now: SystemTime) -> Decision {
         if let Some(errors) = &self.locked {
             return locked_decision(errors, &request.action);
         }
-        let facts = self.facts(request);
-        let mut matched = floor_matches(&facts, &self.detectors);
+        let facts = self.facts(request, typed_before);
+        let mut matched = floor_matches(&facts, &self.detectors, &self.own_files);
         for file in &self.files {
             for rule in file.rules.iter().filter(|r| r.matches(&facts)) {
                 matched.push(Match {
@@ -354,7 +417,8 @@ impl PolicyEngine {
                     layer: file.layer,
                     source: file.source(rule.line),
                     reason: rule.reason.clone(),
-                    rememberable: rule.remember == super::Remember::Always,
+                    rememberable: rule.remember != super::Remember::Never,
+                    session_only: rule.remember == super::Remember::Session,
                 });
             }
         }
@@ -368,12 +432,17 @@ impl PolicyEngine {
         decision
     }
 
-    fn facts<'a>(&self, request: &'a Request) -> Facts<'a> {
+    fn facts<'a>(&self, request: &'a Request, typed_before: &str) -> Facts<'a> {
         let action = &request.action;
         let title = request.title.as_deref().unwrap_or_default();
         let mut intents = request.inferred_intents.clone();
         intents.push(request.declared_intent);
-        intents.extend(infer_intents(action, request.app.as_deref(), Some(title)));
+        intents.extend(infer_intents_after(
+            typed_before,
+            action,
+            request.app.as_deref(),
+            Some(title),
+        ));
         intents.sort();
         intents.dedup();
         if intents.len() > 1 {
@@ -382,8 +451,9 @@ impl PolicyEngine {
         }
 
         let mut hits = Vec::new();
-        if let Action::Type { text } = action {
-            hits = self.detectors.scan(text);
+        let typed = action.typed_text();
+        if let Some(text) = &typed {
+            hits = self.detectors.scan_after(typed_before, text);
             if password_context(request.app.as_deref(), request.title.as_deref()) {
                 add_hit(&mut hits, "password_context", true);
             }
@@ -395,9 +465,19 @@ impl PolicyEngine {
 
         Facts {
             kind: action.kind(),
+            // A drag that never leaves the pressed widget clicks it.
+            also_kind: action.is_click_like_drag().then_some("click"),
             app: request.app.as_ref().map(|a| a.to_lowercase()),
             title,
             chord: action.chord().ok().flatten().map(|c| c.normalized()),
+            caps_lock: matches!(
+                action.chord(),
+                Ok(Some(Chord {
+                    key: ChordKey::Named(NamedKey::CapsLock),
+                    ..
+                }))
+            ),
+            typed,
             intents,
             hits,
             points: &request.points,
@@ -408,11 +488,11 @@ impl PolicyEngine {
     /// With no file at all, the strict preset.
     fn fallbacks(&self, facts: &Facts) -> Vec<Match> {
         let mut entries = Vec::new();
-        let keys = if facts.hits.is_empty() {
-            vec![facts.kind]
-        } else {
-            vec![facts.kind, "detector_hit"]
-        };
+        let mut keys = vec![facts.kind];
+        keys.extend(facts.also_kind);
+        if !facts.hits.is_empty() {
+            keys.push("detector_hit");
+        }
         for key in keys {
             let preset_says = |preset: Preset| {
                 if key == "detector_hit" {
@@ -432,6 +512,7 @@ impl PolicyEngine {
                         "no policy file: the built-in strict preset says {verdict} for {key}"
                     ),
                     rememberable: true,
+                    session_only: false,
                 });
             }
             for file in &self.files {
@@ -443,6 +524,7 @@ impl PolicyEngine {
                         source: file.source(line),
                         reason: format!("no rule matched; [defaults] {key} = \"{verdict}\""),
                         rememberable: true,
+                        session_only: false,
                     },
                     None => {
                         let verdict = preset_says(file.preset);
@@ -456,6 +538,7 @@ impl PolicyEngine {
                                 file.preset
                             ),
                             rememberable: true,
+                            session_only: false,
                         }
                     }
                 };
@@ -467,11 +550,10 @@ impl PolicyEngine {
 
     /// Turns an ask into an allow when live grants cover every entry that asked.
     fn apply_grants(&self, decision: &mut Decision, request: &Request, now: SystemTime) {
-        let intent = decision.intents.last().copied().unwrap_or(Intent::Other);
         let mut used = Vec::new();
         let mut session_used = false;
         for asking in decision.asking() {
-            let scope = grant_scope(asking, request, intent);
+            let scope = grant_scope(asking, request, &decision.intents);
             if let Some(grant) = self.grants.iter().find(|g| g.covers(&scope, now)) {
                 used.push(grant.id.clone());
             } else if let Some(grant) = self.session_grants.iter().find(|g| g.covers(&scope, now)) {
@@ -535,13 +617,17 @@ impl PolicyEngine {
 }
 
 /// What a grant for `asking`'s ask on `request` covers: that rule, this app, this action kind,
-/// this (riskiest) intent.
-fn grant_scope(asking: &Match, request: &Request, intent: Intent) -> GrantScope {
+/// and these intents, all of them.
+fn grant_scope(asking: &Match, request: &Request, intents: &[Intent]) -> GrantScope {
+    let mut intents = intents.to_vec();
+    if intents.is_empty() {
+        intents.push(Intent::Other);
+    }
     GrantScope {
         rule: asking.id.clone(),
         app: request.app.clone(),
         action: request.action.kind().to_owned(),
-        intent,
+        intents,
     }
 }
 
@@ -557,7 +643,7 @@ fn add_hit(hits: &mut Vec<DetectorHit>, name: &str, secret: bool) {
 }
 
 /// The built-in rules no file can remove.
-fn floor_matches(facts: &Facts, detectors: &Detectors) -> Vec<Match> {
+fn floor_matches(facts: &Facts, detectors: &Detectors, own_files: &[PathBuf]) -> Vec<Match> {
     let floor = |id: &str, decision: Verdict, reason: String| Match {
         id: id.to_owned(),
         decision,
@@ -565,6 +651,7 @@ fn floor_matches(facts: &Facts, detectors: &Detectors) -> Vec<Match> {
         source: BUILT_IN.into(),
         reason,
         rememberable: false,
+        session_only: false,
     };
     let mut matched = Vec::new();
     let secrets: Vec<&str> = facts
@@ -573,7 +660,8 @@ fn floor_matches(facts: &Facts, detectors: &Detectors) -> Vec<Match> {
         .filter(|h| h.secret || detectors.is_secret(&h.name))
         .map(|h| h.name.as_str())
         .collect();
-    if facts.kind == "type" && !secrets.is_empty() {
+    // Key presses that enter characters are typing too.
+    if facts.typed.is_some() && !secrets.is_empty() {
         matched.push(floor(
             "floor.secret_text",
             Verdict::Deny,
@@ -581,6 +669,20 @@ fn floor_matches(facts: &Facts, detectors: &Detectors) -> Vec<Match> {
                 "typing a detected secret ({}) is never allowed",
                 secrets.join(", ")
             ),
+        ));
+    }
+    if facts.caps_lock {
+        matched.push(floor(
+            "floor.caps_lock",
+            Verdict::Deny,
+            "Caps Lock changes what every later key types, behind the detectors' back; type capitals as capitals".into(),
+        ));
+    }
+    if touches_own_files(facts, own_files) {
+        matched.push(floor(
+            "floor.own_files",
+            Verdict::Deny,
+            "deskhand's policy and grants are changed by you, never by the agent: no input into a window or command that names them".into(),
         ));
     }
     if let Some(chord) = &facts.chord
@@ -611,6 +713,62 @@ fn floor_matches(facts: &Facts, detectors: &Detectors) -> Vec<Match> {
     matched
 }
 
+/// Whether input goes to deskhand's own policy or grants: a window whose title names one of
+/// the files (an editor shows the file and its folder) or its folder, or typed text that
+/// names one (`>> ~/.config/deskhand/policy.toml`, `DESKHAND_POLICY=…`). Only pointer moves,
+/// waits and the terminal actions get through.
+fn touches_own_files(facts: &Facts, own_files: &[PathBuf]) -> bool {
+    if matches!(facts.kind, "move" | "wait" | "done" | "fail" | "call_user") {
+        return false;
+    }
+    let title = facts.title.to_lowercase();
+    let typed = facts.typed.as_deref().unwrap_or_default().to_lowercase();
+    const OWN_PLACES: &[&str] = &[
+        ".config/deskhand",
+        ".local/share/deskhand",
+        "/etc/deskhand",
+        "deskhand_policy",
+        "deskhand_grants",
+        "deskhand_system_policy",
+    ];
+    if OWN_PLACES
+        .iter()
+        .any(|place| title.contains(place) || typed.contains(place))
+    {
+        return true;
+    }
+    let has_word = |hay: &str, word: &str| {
+        !word.is_empty()
+            && hay.match_indices(word).any(|(at, _)| {
+                let before = hay[..at].chars().next_back();
+                let after = hay[at + word.len()..].chars().next();
+                let edge = |c: Option<char>| !c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+                edge(before) && edge(after)
+            })
+    };
+    let home = std::env::var("HOME").unwrap_or_default();
+    own_files.iter().any(|path| {
+        let full = path.to_string_lossy().to_lowercase();
+        let tilde = (!home.is_empty())
+            .then(|| path.strip_prefix(&home).ok())
+            .flatten()
+            .map(|rest| format!("~/{}", rest.to_string_lossy().to_lowercase()));
+        let names =
+            |hay: &str| hay.contains(&full) || tilde.as_ref().is_some_and(|t| hay.contains(t));
+        let file = path.file_name().map(|f| f.to_string_lossy().to_lowercase());
+        let folder = path
+            .parent()
+            .and_then(|p| p.file_name())
+            .map(|f| f.to_string_lossy().to_lowercase());
+        // Editors title a window with the file's name and its folder's.
+        let file_and_folder = |hay: &str| match (&file, &folder) {
+            (Some(file), Some(folder)) => has_word(hay, file) && has_word(hay, folder),
+            _ => false,
+        };
+        names(&title) || names(&typed) || file_and_folder(&title)
+    })
+}
+
 /// The strictest entry decides; among equals, the first in layer and file order.
 fn combine(matched: Vec<Match>, facts: &Facts) -> Decision {
     let verdict = matched
@@ -619,11 +777,9 @@ fn combine(matched: Vec<Match>, facts: &Facts) -> Decision {
         .max()
         .unwrap_or(Verdict::Deny);
     let deciding = matched.iter().find(|m| m.decision == verdict).cloned();
-    let rememberable = verdict == Verdict::Ask
-        && matched
-            .iter()
-            .filter(|m| m.decision == Verdict::Ask)
-            .all(|m| m.rememberable);
+    let asking = || matched.iter().filter(|m| m.decision == Verdict::Ask);
+    let rememberable = verdict == Verdict::Ask && asking().all(|m| m.rememberable);
+    let session_only = rememberable && asking().any(|m| m.session_only);
     let (rule, layer, source, reason) = match deciding {
         Some(m) => (
             matches!(m.layer, Layer::Floor | Layer::System | Layer::User).then_some(m.id),
@@ -646,6 +802,7 @@ fn combine(matched: Vec<Match>, facts: &Facts) -> Decision {
         source,
         reason,
         rememberable,
+        session_only,
         matched,
         detector_hits: facts.hits.clone(),
         intents: facts.intents.clone(),
@@ -685,6 +842,7 @@ fn locked_decision(errors: &PolicyErrors, action: &Action) -> Decision {
         source: source.clone(),
         reason: reason.clone(),
         rememberable: false,
+        session_only: false,
         matched: vec![Match {
             id: "locked".into(),
             decision,
@@ -692,6 +850,7 @@ fn locked_decision(errors: &PolicyErrors, action: &Action) -> Decision {
             source,
             reason,
             rememberable: false,
+            session_only: false,
         }],
         detector_hits: Vec::new(),
         intents: Vec::new(),
@@ -716,6 +875,8 @@ pub enum Answer {
 pub enum AnswerError {
     #[error("this ask cannot be remembered ({0}); answer once or deny")]
     NotRememberable(String),
+    #[error("this ask may be remembered for this session only ({0}); answer session, once or deny")]
+    SessionOnly(String),
     #[error(transparent)]
     Grant(#[from] GrantError),
 }
@@ -736,25 +897,105 @@ pub trait Policy {
     fn redact(&self, text: &str) -> String;
 }
 
-/// The engine plus the state of one task: budgets, session answers and the grant file.
+/// The engine plus the state of one task: budgets, session answers, the grant file and the
+/// text typed into each window.
 pub struct Checker {
     engine: PolicyEngine,
     budgets: BudgetTracker,
     store: Option<GrantStore>,
+    /// The grants file's version when it was last read.
+    grants_version: Option<(u64, u64, SystemTime)>,
+    typed: TypedText,
+}
+
+/// What this run typed into each window (by app and title), the latest
+/// `TypedText::KEEP_CHARS` characters of it, so that text sent in pieces is judged whole.
+#[derive(Debug, Default)]
+struct TypedText {
+    by_window: std::collections::HashMap<(Option<String>, Option<String>), String>,
+}
+
+impl TypedText {
+    /// Enough for a command line or a card form; older text is forgotten.
+    const KEEP_CHARS: usize = 4096;
+
+    fn key(request: &Request) -> (Option<String>, Option<String>) {
+        (
+            request.app.as_ref().map(|a| a.to_lowercase()),
+            request.title.clone(),
+        )
+    }
+
+    fn before(&self, request: &Request) -> &str {
+        self.by_window
+            .get(&TypedText::key(request))
+            .map_or("", String::as_str)
+    }
+
+    fn record(&mut self, request: &Request) {
+        let action = &request.action;
+        let erases = matches!(
+            action.chord(),
+            Ok(Some(Chord {
+                key: ChordKey::Named(NamedKey::Backspace),
+                ..
+            }))
+        );
+        let typed = action.typed_text();
+        if typed.is_none() && !erases {
+            return;
+        }
+        let text = self.by_window.entry(TypedText::key(request)).or_default();
+        if erases {
+            text.pop();
+        }
+        if let Some(typed) = typed {
+            text.push_str(&typed);
+        }
+        let extra = text.chars().count().saturating_sub(TypedText::KEEP_CHARS);
+        if extra > 0 {
+            let cut = text
+                .char_indices()
+                .nth(extra)
+                .map_or(text.len(), |(at, _)| at);
+            text.drain(..cut);
+        }
+    }
 }
 
 impl Checker {
     pub fn new(engine: PolicyEngine, store: Option<GrantStore>) -> Checker {
         let budgets = BudgetTracker::new(engine.budgets().clone(), Instant::now());
+        let grants_version = store.as_ref().and_then(GrantStore::version);
         Checker {
             engine,
             budgets,
             store,
+            grants_version,
+            typed: TypedText::default(),
         }
     }
 
+    /// Reads the grants file again when it changed, so a grant revoked during a run stops
+    /// applying at the next decision. A file that no longer reads drops every grant: that
+    /// only makes decisions stricter.
+    fn refresh_grants(&mut self) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let version = store.version();
+        if version == self.grants_version {
+            return;
+        }
+        self.grants_version = version;
+        self.engine.grants = store.load().unwrap_or_default();
+    }
+
     pub fn check_at(&mut self, request: &Request, now: Instant) -> Decision {
-        let mut decision = self.engine.decide(request);
+        self.refresh_grants();
+        let mut decision =
+            self.engine
+                .decide_after(self.typed.before(request), request, SystemTime::now());
         if decision.decision == Verdict::Deny || request.action.is_terminal() {
             return decision;
         }
@@ -766,6 +1007,7 @@ impl Checker {
                 source: self.budget_source(),
                 reason: format!("{}; go on?", exceeded.message),
                 rememberable: false,
+                session_only: false,
             };
             decision.decision = Verdict::Ask;
             decision.rule = None;
@@ -773,6 +1015,7 @@ impl Checker {
             decision.source = budget.source.clone();
             decision.reason = budget.reason.clone();
             decision.rememberable = false;
+            decision.session_only = false;
             decision.grants.clear();
             decision.matched.push(budget);
         }
@@ -806,10 +1049,16 @@ impl Checker {
             );
             return Err(AnswerError::NotRememberable(blocker));
         }
-        let intent = decision.intents.last().copied().unwrap_or(Intent::Other);
+        if answer == Answer::Always && decision.session_only {
+            let blocker = decision.asking().find(|m| m.session_only).map_or_else(
+                || decision.reason.clone(),
+                |m| format!("{}: {}", m.id, m.reason),
+            );
+            return Err(AnswerError::SessionOnly(blocker));
+        }
         let wall = SystemTime::now();
         for asking in decision.asking() {
-            let scope = grant_scope(asking, request, intent);
+            let scope = grant_scope(asking, request, &decision.intents);
             match (answer, &self.store) {
                 (Answer::Always, Some(store)) => {
                     let (grant, _) = store.add(scope, None)?;
@@ -846,6 +1095,7 @@ impl Policy for Checker {
     fn executed(&mut self, request: &Request, decision: &Decision) {
         self.budgets
             .record(&request.action, &decision.intents, Instant::now());
+        self.typed.record(request);
     }
 
     fn redact(&self, text: &str) -> String {

@@ -471,6 +471,110 @@ fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// Reads one `app` entry: `@NAME` is always a group, a bare name is a group when this file
+/// defines one by that name and a program otherwise. A bare name that is no group but looks
+/// like one (close to a defined group's name, or a word such as "terminals") is an error:
+/// as a program name it would silently match nothing.
+fn app_matcher(
+    id: &str,
+    name: &Spanned<String>,
+    apps: &BTreeMap<String, AppGroup>,
+    at: &Positions,
+    errors: &mut Vec<PolicyError>,
+) -> Option<AppMatcher> {
+    let raw = name.get_ref();
+    let defined = || {
+        if apps.is_empty() {
+            "this file defines no [apps.NAME] group".to_owned()
+        } else {
+            format!(
+                "groups defined here: {}",
+                apps.keys()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    };
+    if let Some(group) = raw.strip_prefix('@') {
+        return match apps.get(group) {
+            Some(found) => Some(AppMatcher::Group(found.clone())),
+            None => {
+                errors.push(at.error(
+                    &name.span(),
+                    format!(
+                        "rule '{id}': app '{raw}' names no group [apps.{group}]; {}",
+                        defined()
+                    ),
+                ));
+                None
+            }
+        };
+    }
+    if let Some(group) = apps.get(raw) {
+        return Some(AppMatcher::Group(group.clone()));
+    }
+    let lower = raw.to_lowercase();
+    if super::infer::is_known_program(&lower) {
+        return Some(AppMatcher::Program(lower));
+    }
+    let near = apps
+        .keys()
+        .find(|group| edit_distance(&lower, &group.to_lowercase()) <= 2);
+    let generic = GROUP_LIKE_WORDS.contains(&lower.as_str());
+    if near.is_some() || generic {
+        errors.push(at.error(
+            &name.span(),
+            format!(
+                "rule '{id}': app '{raw}' is no group of this file but looks like one{}; {}. Write a group as '@NAME', or give the program's exact executable name (see `deskhand window`)",
+                near.map(|g| format!(" (did you mean '{g}'?)")).unwrap_or_default(),
+                defined()
+            ),
+        ));
+        return None;
+    }
+    Some(AppMatcher::Program(lower))
+}
+
+/// Words people use for kinds of programs; no program on a desktop is called this.
+const GROUP_LIKE_WORDS: &[&str] = &[
+    "terminal",
+    "terminals",
+    "editor",
+    "editors",
+    "browser",
+    "browsers",
+    "mail",
+    "email",
+    "chat",
+    "chats",
+    "office",
+    "shell",
+    "shells",
+    "ide",
+    "ides",
+    "games",
+    "messengers",
+    "file-managers",
+    "file_managers",
+];
+
+/// Levenshtein distance, for "did you mean".
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
+}
+
 fn compile_rule(
     raw: &RawRule,
     apps: &BTreeMap<String, AppGroup>,
@@ -499,13 +603,29 @@ fn compile_rule(
             })
             .collect()
     });
+    for (field, empty) in [
+        ("action", raw.action.as_ref().is_some_and(Vec::is_empty)),
+        ("app", raw.app.as_ref().is_some_and(Vec::is_empty)),
+        ("intent", raw.intent.as_ref().is_some_and(Vec::is_empty)),
+        (
+            "text_matches",
+            raw.text_matches.as_ref().is_some_and(Vec::is_empty),
+        ),
+        ("keys", raw.keys.as_ref().is_some_and(Vec::is_empty)),
+    ] {
+        if empty {
+            errors.push(at.error(
+                &raw.id.span(),
+                format!(
+                    "rule '{id}': {field} = [] can never match, so this rule would never apply; remove the field to match every {field}, or list what it should match"
+                ),
+            ));
+        }
+    }
     let app_matchers = raw.app.as_ref().map(|names| {
         names
             .iter()
-            .map(|name| match apps.get(name.get_ref()) {
-                Some(group) => AppMatcher::Group(group.clone()),
-                None => AppMatcher::Program(name.get_ref().to_lowercase()),
-            })
+            .filter_map(|name| app_matcher(id, name, apps, at, errors))
             .collect()
     });
     let title = raw

@@ -31,16 +31,22 @@ pub struct Grant {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<String>,
     pub action: String,
+    /// The riskiest intent granted, for people reading the file.
     pub intent: Intent,
+    /// Every intent granted. Files written before this field grant `intent` alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub intents: Vec<Intent>,
 }
 
-/// What a grant answers for: the rule that asked, the app, the action kind and the intent.
+/// What a grant answers for: the rule that asked, the app, the action kind and every intent
+/// of the request.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct GrantScope {
     pub rule: String,
     pub app: Option<String>,
     pub action: String,
-    pub intent: Intent,
+    /// Sorted, without repeats.
+    pub intents: Vec<Intent>,
 }
 
 impl Grant {
@@ -49,7 +55,16 @@ impl Grant {
             rule: self.rule.clone(),
             app: self.app.clone(),
             action: self.action.clone(),
-            intent: self.intent,
+            intents: self.granted_intents().to_vec(),
+        }
+    }
+
+    /// The intents this grant answers for.
+    pub fn granted_intents(&self) -> &[Intent] {
+        if self.intents.is_empty() {
+            std::slice::from_ref(&self.intent)
+        } else {
+            &self.intents
         }
     }
 
@@ -63,7 +78,8 @@ impl Grant {
             rule: scope.rule,
             app: scope.app,
             action: scope.action,
-            intent: scope.intent,
+            intent: scope.intents.iter().max().copied().unwrap_or(Intent::Other),
+            intents: scope.intents,
         }
     }
 
@@ -76,14 +92,19 @@ impl Grant {
         }
     }
 
-    /// Whether this grant answers a request with `scope` at `now`. App names compare without
-    /// case because window systems report the same program as "xterm" or "XTerm"; a grant
-    /// for no app covers only requests with no app, never every app.
+    /// Whether this grant answers a request with `scope` at `now`: only when every intent of
+    /// the request was granted, so an answer about `ls` never covers a command that deletes.
+    /// App names compare without case because window systems report the same program as
+    /// "xterm" or "XTerm"; a grant for no app covers only requests with no app, never every
+    /// app.
     pub fn covers(&self, scope: &GrantScope, now: SystemTime) -> bool {
         self.is_live(now)
             && self.rule == scope.rule
             && self.action == scope.action
-            && self.intent == scope.intent
+            && scope
+                .intents
+                .iter()
+                .all(|i| self.granted_intents().contains(i))
             && match (&self.app, &scope.app) {
                 (None, None) => true,
                 (Some(a), Some(b)) => a
@@ -207,6 +228,14 @@ impl GrantStore {
         grants.push(grant.clone());
         self.write(&grants)?;
         Ok((grant, true))
+    }
+
+    /// What tells one version of the file from the next: every write replaces the file, so
+    /// its inode changes. `None` when there is no file.
+    pub fn version(&self) -> Option<(u64, u64, SystemTime)> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = fs::metadata(&self.path).ok()?;
+        Some((meta.ino(), meta.len(), meta.modified().ok()?))
     }
 
     /// Removes the grant with `id` and returns it.
@@ -401,7 +430,7 @@ mod tests {
             rule: rule.to_string(),
             app: app.map(str::to_string),
             action: "type".to_string(),
-            intent: Intent::Other,
+            intents: vec![Intent::Other],
         }
     }
 
@@ -577,8 +606,29 @@ mod tests {
         s.action = "key".into();
         assert!(!g.covers(&s, now));
         let mut s = scope("r", Some("xterm"));
-        s.intent = Intent::Login;
+        s.intents = vec![Intent::Login];
         assert!(!g.covers(&s, now));
+        // Every intent of the request must have been granted.
+        let mut both = scope("r", Some("xterm"));
+        both.intents = vec![Intent::Install, Intent::Publish];
+        let publish = Grant::new(
+            GrantScope {
+                intents: vec![Intent::Publish],
+                ..both.clone()
+            },
+            now,
+            None,
+        );
+        assert!(!publish.covers(&both, now));
+        let granted_both = Grant::new(both.clone(), now, None);
+        assert!(granted_both.covers(&both, now));
+        assert!(granted_both.covers(
+            &GrantScope {
+                intents: vec![Intent::Install],
+                ..both.clone()
+            },
+            now
+        ));
 
         let none = Grant::new(scope("r", None), now, None);
         assert!(none.covers(&scope("r", None), now));

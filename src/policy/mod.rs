@@ -30,11 +30,12 @@ use serde::{Deserialize, Serialize};
 pub use budget::{BudgetExceeded, BudgetLimits, BudgetTracker};
 pub use detect::{BUILTIN_DETECTORS, DetectorHit, Detectors, password_context};
 pub use engine::{
-    Answer, AnswerError, Checker, Decision, Match, NoHomeDir, Policy, PolicyEngine, PolicyPaths,
+    Answer, AnswerError, Checker, Decision, Match, Policy, PolicyEngine, PolicyPaths,
+    PolicyPathsError,
 };
 pub use file::{Layer, PolicyError, PolicyErrors, SCHEMA_VERSION};
 pub use grants::{Grant, GrantError, GrantScope, GrantStore};
-pub use infer::infer_intents;
+pub use infer::{infer_intents, infer_intents_after, shell_normal_form};
 pub use preset::{Preset, starter_policy};
 pub use request::{NormalizedPoint, Request};
 
@@ -148,6 +149,8 @@ impl FromStr for Intent {
 #[serde(rename_all = "snake_case")]
 pub enum Remember {
     Never,
+    /// For the rest of the run, never in the grants file.
+    Session,
     #[default]
     Always,
 }

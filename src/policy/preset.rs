@@ -127,10 +127,11 @@ send_email = 3
 send_message = 10
 
 # Named groups of programs, by executable name (see `deskhand window`). A rule's `app` list
-# may name a group or a program directly. An optional `title` regex also counts as the app;
-# web pages set their titles, so use it to add caution rather than to allow.
+# may name a group ("@terminal", or "terminal" where this file defines it) or a program
+# directly. An optional `title` regex also counts as the app; web pages set their titles, so
+# use it to add caution rather than to allow.
 [apps.terminal]
-names = ["xterm", "gnome-terminal-server", "konsole", "alacritty", "kitty", "xfce4-terminal", "tilix", "wezterm-gui"]
+names = ["xterm", "uxterm", "gnome-terminal-server", "konsole", "xfce4-terminal", "kgx", "ptyxis", "urxvt", "rxvt", "terminator", "guake", "tilix", "alacritty", "kitty", "wezterm", "wezterm-gui", "foot", "footclient", "lxterminal", "mate-terminal", "qterminal"]
 
 [apps.editor]
 names = ["code", "gedit", "gnome-text-editor", "kate", "mousepad", "xed"]
@@ -148,26 +149,57 @@ secret = false
 # Match fields: action, app, title (regex, case-insensitive), intent, text_matches (detector
 # names: card_number, iban, api_token, private_key, password_context and your own), keys
 # (chords such as "ctrl+q"), region (a monitor and a rectangle in fractions of it).
-# remember = "never" stops an "always" answer from being remembered.
+# remember = "never" stops an answer from being remembered at all; remember = "session"
+# lets it last for this run only.
 
 [[rule]]
 id = "editor-is-free"
 decision = "allow"
 reason = "the editor is where the agent works"
-app = ["editor"]
-action = ["click", "double_click", "triple_click", "move", "drag", "scroll", "type", "key"]
+app = ["@editor"]
+action = ["click", "double_click", "triple_click", "move", "drag", "scroll", "type"]
 
   [[rule.example]]
   action = { action = "type", text = "fn main() {}" }
   app = "code"
   expect = "allow"
 
+# Editing keys only: other chords in an editor open its terminal, its command palette or
+# its extensions, which reach far beyond the file.
+[[rule]]
+id = "editor-keys"
+decision = "allow"
+reason = "moving around and editing text in the editor"
+app = ["@editor"]
+keys = ["Return", "Tab", "shift+Tab", "BackSpace", "Delete", "Escape", "Up", "Down", "Left", "Right", "Home", "End", "Page_Up", "Page_Down", "shift+Up", "shift+Down", "shift+Left", "shift+Right", "shift+Home", "shift+End", "ctrl+Left", "ctrl+Right", "ctrl+Home", "ctrl+End", "ctrl+a", "ctrl+c", "ctrl+x", "ctrl+z", "ctrl+shift+z", "ctrl+y", "ctrl+f", "ctrl+h", "ctrl+s", "ctrl+g"]
+
+  [[rule.example]]
+  action = { action = "key", chord = "ctrl+s" }
+  app = "code"
+  expect = "allow"
+
+[[rule]]
+id = "editor-terminal"
+decision = "ask"
+reason = "this opens the editor's built-in terminal or its command palette, which run commands"
+app = ["@editor"]
+keys = ["ctrl+`", "ctrl+shift+`", "ctrl+shift+c", "ctrl+j", "ctrl+shift+p", "F1", "F4", "ctrl+alt+t"]
+remember = "session"
+
+  [[rule.example]]
+  action = { action = "key", chord = "ctrl+`" }
+  app = "code"
+  expect = "ask"
+
+# "session" because one answer about `ls` must not outlive this run: the next run's commands
+# are other commands.
 [[rule]]
 id = "terminal-commands"
 decision = "ask"
 reason = "text typed into a terminal runs as a command with your rights"
-app = ["terminal"]
-action = ["type", "key"]
+app = ["@terminal"]
+action = ["type", "key", "click", "double_click", "triple_click", "drag"]
+remember = "session"
 
   [[rule.example]]
   action = { action = "type", text = "ls -la" }
@@ -178,7 +210,7 @@ action = ["type", "key"]
 id = "no-recursive-delete"
 decision = "deny"
 reason = "deleting files from a terminal is done by hand"
-app = ["terminal"]
+app = ["@terminal"]
 intent = ["delete"]
 remember = "never"
 

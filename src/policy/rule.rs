@@ -7,11 +7,18 @@ use super::{DetectorHit, Intent, NormalizedPoint, Remember, Verdict};
 /// What the engine worked out about one request; every rule matches against the same facts.
 pub(super) struct Facts<'a> {
     pub kind: &'static str,
+    /// Another kind the action also counts as: a drag that stays within the click
+    /// threshold is a click.
+    pub also_kind: Option<&'static str>,
     /// Lower case.
     pub app: Option<String>,
     pub title: &'a str,
     /// The normalized chord of `key` and `hold_key`.
     pub chord: Option<String>,
+    /// Whether the chord's key is Caps Lock.
+    pub caps_lock: bool,
+    /// What the action enters into a text field (`Action::typed_text`).
+    pub typed: Option<String>,
     /// Declared and inferred, sorted, without duplicates.
     pub intents: Vec<Intent>,
     pub hits: Vec<DetectorHit>,
@@ -91,7 +98,10 @@ impl Rule {
             None => true,
             Some(items) => value.is_some_and(|v| items.iter().any(|i| i == v)),
         };
-        any(&self.actions, Some(facts.kind))
+        (any(&self.actions, Some(facts.kind))
+            || facts
+                .also_kind
+                .is_some_and(|kind| any(&self.actions, Some(kind))))
             && self
                 .apps
                 .as_ref()
@@ -112,6 +122,16 @@ impl Rule {
             && self
                 .region
                 .as_ref()
-                .is_none_or(|r| facts.points.iter().any(|p| r.contains(p)))
+                .is_none_or(|r| self.region_holds(r, facts))
+    }
+
+    /// A rule that allows speaks only for actions that stay inside its region, every drag
+    /// point included; one that asks or denies speaks as soon as any point is inside.
+    fn region_holds(&self, region: &Region, facts: &Facts) -> bool {
+        if self.decision == Verdict::Allow {
+            !facts.points.is_empty() && facts.points.iter().all(|p| region.contains(p))
+        } else {
+            facts.points.iter().any(|p| region.contains(p))
+        }
     }
 }

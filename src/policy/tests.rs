@@ -386,7 +386,7 @@ fn grant(rule: &str, app: Option<&str>, action: &str, intent: Intent) -> Grant {
             rule: rule.into(),
             app: app.map(str::to_owned),
             action: action.into(),
-            intent,
+            intents: vec![intent],
         },
         SystemTime::now(),
         None,
@@ -553,6 +553,7 @@ fn a_broken_policy_locks_everything_but_observing_and_stopping() {
     std::fs::write(&user, "schema_version = 1\npreset = \"balanced\"\n[[rule]]\nid = \"x\"\ndecision = \"allow\"\nreason = \"r\"\ntitle = \"(\"\n").unwrap();
     let paths = PolicyPaths {
         system: None,
+        system_required: false,
         user: user.clone(),
         grants: dir.path().join("grants.toml"),
     };
@@ -581,6 +582,7 @@ fn no_policy_file_means_the_strict_preset_and_a_note() {
     let dir = tempfile::tempdir().unwrap();
     let paths = PolicyPaths {
         system: Some(dir.path().join("absent-system.toml")),
+        system_required: false,
         user: dir.path().join("absent.toml"),
         grants: dir.path().join("grants.toml"),
     };
@@ -822,4 +824,341 @@ proptest! {
         let with = engine.with_grants(grants).decide(&request).decision;
         prop_assert!(with == without || (without == Verdict::Ask && with == Verdict::Allow), "{:?} became {:?}", without, with);
     }
+}
+
+// --- A hostile screen: each test below failed on main at 1dddc4f. ---
+
+#[test]
+fn a_carriage_return_in_chat_is_return_and_asks_to_send() {
+    let engine = user_engine(&policy("permissive", ""));
+    let decision = engine.decide(&in_app(typed("see you\r"), "slack", Some("general")));
+    assert_eq!(decision.decision, Verdict::Ask);
+    assert!(decision.intents.contains(&Intent::SendMessage));
+    assert_eq!(decision.rule.as_deref(), Some("floor.risky_intent"));
+}
+
+#[test]
+fn control_characters_never_reach_a_decision_as_text_or_chord() {
+    for json in [
+        r#"{"action":"key","chord":"ctrl+alt+\u0008"}"#,
+        r#"{"action":"key","chord":"\u007f"}"#,
+        r#"{"action":"hold_key","chord":"\u001b","ms":10}"#,
+        r#"{"action":"type","text":"\u007f"}"#,
+        r#"{"action":"type","text":"x\u001b:wq\r"}"#,
+    ] {
+        assert!(Action::from_json(json).is_err(), "{json} must be refused");
+    }
+}
+
+#[test]
+fn a_drag_that_goes_nowhere_is_judged_as_the_click_it_is() {
+    let engine = user_engine(&policy(
+        "permissive",
+        "[[rule]]\nid = \"clicks-ask\"\ndecision = \"ask\"\nreason = \"r\"\naction = [\"click\"]\n",
+    ));
+    for path in ["[[500,500],[500,500]]", "[[500,500],[501,501]]"] {
+        let drag = request(&format!(r#"{{"action":"drag","path":{path}}}"#));
+        let decision = engine.decide(&drag);
+        assert_eq!(decision.decision, Verdict::Ask, "{path}");
+        assert_eq!(decision.rule.as_deref(), Some("clicks-ask"));
+    }
+    let long = request(r#"{"action":"drag","path":[[500,500],[900,500]]}"#);
+    assert_eq!(engine.decide(&long).decision, Verdict::Allow);
+
+    // On a checkout page it is a purchase, as the click is.
+    let permissive = user_engine(&policy("permissive", ""));
+    let drag = in_app(
+        request(r#"{"action":"drag","path":[[500,500],[500,500]]}"#),
+        "firefox",
+        Some("Checkout – Place your order"),
+    );
+    let decision = permissive.decide(&drag);
+    assert_eq!(decision.decision, Verdict::Ask);
+    assert!(decision.intents.contains(&Intent::Purchase));
+}
+
+#[test]
+fn an_allowing_region_speaks_only_for_actions_that_stay_inside_it() {
+    let engine = user_engine(&policy(
+        "strict",
+        "[[rule]]\nid = \"left-half\"\ndecision = \"allow\"\nreason = \"r\"\nregion = { monitor = 0, rect = [0.0, 0.0, 0.5, 1.0] }\n",
+    ));
+    let at = |points: &[(f64, f64)], json: &str| {
+        let mut r = request(json);
+        r.points = points
+            .iter()
+            .map(|&(x, y)| NormalizedPoint { monitor: 0, x, y })
+            .collect();
+        r
+    };
+    let drag = r#"{"action":"drag","path":[[100,100],[1500,100]]}"#;
+    assert_eq!(
+        verdict(&engine, &at(&[(0.1, 0.1), (0.2, 0.2)], drag)),
+        Verdict::Allow
+    );
+    assert_eq!(
+        verdict(&engine, &at(&[(0.1, 0.1), (0.9, 0.1)], drag)),
+        Verdict::Ask,
+        "a drag that ends outside the allowed region is not allowed by it"
+    );
+    // A region that denies still sees any point.
+    let deny = deny_rule("region = { monitor = 0, rect = [0.5, 0.0, 1.0, 1.0] }");
+    assert_eq!(
+        verdict(&deny, &at(&[(0.1, 0.1), (0.9, 0.1)], drag)),
+        Verdict::Deny
+    );
+}
+
+#[test]
+fn keys_into_a_password_prompt_are_secret_typing() {
+    let engine = user_engine(&policy("permissive", ""));
+    for chord in ["h", "shift+u", "space", "Return"] {
+        let decision = engine.decide(&in_app(key(chord), "pinentry-gtk-2", Some("Passphrase")));
+        assert_eq!(decision.decision, Verdict::Deny, "{chord}");
+        assert_eq!(decision.rule.as_deref(), Some("floor.secret_text"));
+    }
+}
+
+#[test]
+fn text_sent_in_pieces_is_judged_whole() {
+    let engine = user_engine(&policy(
+        "permissive",
+        "[[rule]]\nid = \"no-rm\"\ndecision = \"deny\"\nreason = \"no deleting\"\nintent = [\"delete\"]\n",
+    ));
+    let mut checker = Checker::new(engine, None);
+    let mut send = |request: Request| {
+        let decision = checker.check(&request);
+        if decision.decision == Verdict::Allow {
+            checker.executed(&request, &decision);
+        }
+        decision
+    };
+    let xterm = |r: Request| in_app(r, "xterm", Some("bash"));
+    assert_eq!(send(xterm(typed("r"))).decision, Verdict::Allow);
+    let rest = send(xterm(typed("m -rf ~")));
+    assert_eq!(rest.decision, Verdict::Deny, "{rest:?}");
+    assert_eq!(rest.rule.as_deref(), Some("no-rm"));
+
+    // Key by key, too (in another terminal: the refused text above was never sent).
+    let other = |r: Request| in_app(r, "xterm", Some("bash 2"));
+    for c in ["r", "m"] {
+        assert_eq!(send(other(key(c))).decision, Verdict::Allow);
+    }
+    assert_eq!(send(other(key("space"))).decision, Verdict::Deny);
+
+    // A card number split over two actions, in a form.
+    let form = |r: Request| in_app(r, "firefox", Some("Form"));
+    assert_eq!(send(form(typed("4111 1111"))).decision, Verdict::Allow);
+    let second = send(form(typed(" 1111 1111")));
+    assert_eq!(second.decision, Verdict::Deny);
+    assert_eq!(second.rule.as_deref(), Some("floor.secret_text"));
+    // Another window has its own record.
+    assert_eq!(
+        send(in_app(typed(" 1111 1111"), "gedit", Some("notes"))).decision,
+        Verdict::Allow
+    );
+}
+
+#[test]
+fn a_grant_covers_only_requests_whose_every_intent_it_granted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = GrantStore::new(dir.path().join("grants.toml"));
+    let engine = user_engine(&policy("permissive", ASK_TERMINAL));
+    let mut checker = Checker::new(engine, Some(store.clone()));
+    let ls = in_app(typed("ls -la\n"), "xterm", None);
+    let asked = checker.check(&ls);
+    assert_eq!(
+        checker.answer(&ls, &asked, Answer::Always).unwrap(),
+        Verdict::Allow
+    );
+    assert_eq!(checker.check(&ls).decision, Verdict::Allow);
+    // The review's repro: after "always" for `ls`, `/bin/rm -rf ~` was typed silently.
+    let rm = in_app(typed("/bin/rm -rf ~\n"), "xterm", None);
+    let decision = checker.check(&rm);
+    assert_eq!(decision.decision, Verdict::Ask);
+    assert!(decision.intents.contains(&Intent::Delete));
+    assert!(decision.grants.is_empty());
+}
+
+#[test]
+fn a_grant_revoked_during_a_run_stops_at_the_next_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = GrantStore::new(dir.path().join("grants.toml"));
+    let engine = user_engine(&policy("permissive", ASK_TERMINAL));
+    let mut checker = Checker::new(engine, Some(store.clone()));
+    let ls = in_app(typed("ls"), "xterm", None);
+    let asked = checker.check(&ls);
+    checker.answer(&ls, &asked, Answer::Always).unwrap();
+    assert_eq!(checker.check(&ls).decision, Verdict::Allow);
+    let id = store.load().unwrap()[0].id.clone();
+    store.revoke(&id).unwrap();
+    assert_eq!(checker.check(&ls).decision, Verdict::Ask);
+}
+
+#[test]
+fn the_starter_terminal_rule_is_remembered_for_the_session_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = GrantStore::new(dir.path().join("grants.toml"));
+    let engine = user_engine(&starter_policy(Preset::Balanced));
+    let mut checker = Checker::new(engine, Some(store.clone()));
+    let ls = in_app(typed("ls -la"), "xterm", None);
+    let asked = checker.check(&ls);
+    assert_eq!(asked.rule.as_deref(), Some("terminal-commands"));
+    assert!(asked.rememberable && asked.session_only);
+    assert!(matches!(
+        checker.answer(&ls, &asked, Answer::Always),
+        Err(AnswerError::SessionOnly(_))
+    ));
+    assert!(store.load().unwrap().is_empty());
+    assert_eq!(
+        checker.answer(&ls, &asked, Answer::Session).unwrap(),
+        Verdict::Allow
+    );
+    assert_eq!(checker.check(&ls).decision, Verdict::Allow);
+    // And the editor's terminal chord asks, where the editor rule allowed every key.
+    let terminal_chord = in_app(key("ctrl+`"), "code", Some("main.rs - project"));
+    assert_eq!(checker.check(&terminal_chord).decision, Verdict::Ask);
+    let save = in_app(key("ctrl+s"), "code", Some("main.rs - project"));
+    assert_eq!(checker.check(&save).decision, Verdict::Allow);
+    // New terminals are terminals.
+    for app in ["kgx", "ptyxis", "foot", "kitty", "urxvt", "terminator"] {
+        let decision = checker.check(&in_app(typed("uptime"), app, None));
+        assert_eq!(decision.rule.as_deref(), Some("terminal-commands"), "{app}");
+    }
+}
+
+#[test]
+fn caps_lock_and_kde_session_chords_are_floor_denies() {
+    let engine = user_engine(&policy("permissive", ""));
+    for chord in [
+        "capslock",
+        "shift+Caps_Lock",
+        "ctrl+alt+shift+Page_Down",
+        "ctrl+alt+shift+PageUp",
+    ] {
+        let decision = engine.decide(&key(chord));
+        assert_eq!(decision.decision, Verdict::Deny, "{chord}");
+        assert_eq!(decision.layer, Layer::Floor, "{chord}");
+    }
+    let hold = request(r#"{"action":"hold_key","chord":"capslock","ms":100}"#);
+    assert_eq!(verdict(&engine, &hold), Verdict::Deny);
+}
+
+#[test]
+fn input_that_would_edit_deskhands_own_policy_is_denied() {
+    let engine = user_engine(&policy("permissive", ""));
+    let denied = [
+        in_app(
+            typed("preset = \"permissive\""),
+            "gedit",
+            Some("policy.toml (~/.config/deskhand) - gedit"),
+        ),
+        in_app(
+            key("ctrl+s"),
+            "code",
+            Some("grants.toml - deskhand - Visual Studio Code"),
+        ),
+        in_app(
+            typed("echo 'preset = \"permissive\"' >> ~/.config/deskhand/policy.toml\n"),
+            "xterm",
+            Some("bash"),
+        ),
+        in_app(
+            typed("DESKHAND_POLICY=/tmp/p.toml deskhand run x\n"),
+            "xterm",
+            None,
+        ),
+        in_app(click(), "nautilus", Some("/etc/deskhand")),
+    ];
+    for request in &denied {
+        let decision = engine.decide(request);
+        assert_eq!(decision.decision, Verdict::Deny, "{request:?}");
+        assert_eq!(decision.rule.as_deref(), Some("floor.own_files"));
+    }
+    let fine = in_app(
+        typed("hello"),
+        "gedit",
+        Some("notes.txt (~/Documents) - gedit"),
+    );
+    assert_eq!(verdict(&engine, &fine), Verdict::Allow);
+
+    // Files moved elsewhere by DESKHAND_POLICY are protected by their own names.
+    let dir = tempfile::tempdir().unwrap();
+    let paths = PolicyPaths {
+        system: None,
+        system_required: false,
+        user: dir.path().join("mine/rules.toml"),
+        grants: dir.path().join("mine/answers.toml"),
+    };
+    let engine = PolicyEngine::try_load(&paths).unwrap();
+    let editing = in_app(typed("x"), "gedit", Some("rules.toml (~/x/mine) - gedit"));
+    assert_eq!(verdict(&engine, &editing), Verdict::Deny);
+    let path_typed = in_app(
+        typed(&format!("rm {}\n", paths.grants.display())),
+        "xterm",
+        None,
+    );
+    assert_eq!(
+        engine.decide(&path_typed).rule.as_deref(),
+        Some("floor.own_files")
+    );
+}
+
+#[test]
+fn a_missing_system_file_named_by_the_environment_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = PolicyPaths {
+        system: Some(dir.path().join("absent-system.toml")),
+        system_required: true,
+        user: dir.path().join("absent.toml"),
+        grants: dir.path().join("grants.toml"),
+    };
+    let errors = PolicyEngine::try_load(&paths).expect_err("an error");
+    assert!(
+        errors.to_string().contains("DESKHAND_SYSTEM_POLICY"),
+        "{errors}"
+    );
+}
+
+#[test]
+fn rules_that_can_never_match_and_misspelt_groups_are_errors() {
+    let load = |rules: &str| {
+        PolicyEngine::from_sources(vec![(
+            Layer::User,
+            PathBuf::from("user.toml"),
+            policy(
+                "balanced",
+                &format!("[apps.terminal]\nnames = [\"xterm\"]\n{rules}"),
+            ),
+        )])
+        .err()
+        .map(|e| e.to_string())
+    };
+    let rule = |field: &str| {
+        format!("[[rule]]\nid = \"r\"\ndecision = \"deny\"\nreason = \"x\"\n{field}\n")
+    };
+    let empty = load(&rule("action = []")).expect("action = [] is an error");
+    assert!(
+        empty.contains("user.toml:6:") && empty.contains("action = [] can never match"),
+        "{empty}"
+    );
+    for field in ["app = []", "keys = []", "intent = []", "text_matches = []"] {
+        assert!(load(&rule(field)).is_some(), "{field}");
+    }
+    let misspelt = load(&rule("app = [\"terminals\"]")).expect("a misspelt group is an error");
+    assert!(misspelt.contains("did you mean 'terminal'"), "{misspelt}");
+    assert!(load(&rule("app = [\"termnial\"]")).is_some());
+    assert!(load(&rule("app = [\"browsers\"]")).is_some());
+    let undefined = load(&rule("app = [\"@editor\"]")).expect("an undefined @group is an error");
+    assert!(
+        undefined.contains("names no group [apps.editor]"),
+        "{undefined}"
+    );
+    // Groups by either spelling, and programs, still load.
+    assert_eq!(
+        load(&rule(
+            "app = [\"@terminal\", \"terminal\", \"firefox\", \"kmail\"]"
+        )),
+        None
+    );
 }

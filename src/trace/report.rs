@@ -892,6 +892,7 @@ mod tests {
             },
             reason: "because <b>reasons</b>".into(),
             rememberable: false,
+            session_only: false,
             matched: Vec::new(),
             detector_hits: Vec::new(),
             intents: Vec::new(),

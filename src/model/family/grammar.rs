@@ -139,21 +139,25 @@ pub(super) fn norm_coord_rule(g: &mut Gbnf) {
 /// Rule `name`: a JSON string of `min` to `max` characters (escapes count as one). Of the
 /// escapes only `\" \\ \/ \n \r \t` are allowed: every other character is written as
 /// itself, so no `\u` escape can name a lone surrogate (which JSON parsers reject) or a control
-/// character nobody means to type.
+/// character nobody means to type. DEL and the C1 controls are excluded too: typed, they
+/// would reach applications as keys, and `Action::validate` refuses them.
 pub(super) fn json_string_rule(g: &mut Gbnf, name: &str, min: usize, max: usize) {
     g.rule(name, &format!("\"\\\"\" json-char{{{min},{max}}} \"\\\"\""));
 }
 
 /// Rule `json-char`, used by [`json_string_rule`].
 pub(super) fn json_char_rule(g: &mut Gbnf) {
-    g.rule("json-char", r#"[^"\\\x00-\x1F] | "\\" ["\\/nrt]"#);
+    g.rule("json-char", r#"[^"\\\x00-\x1F\x7F-\x9F] | "\\" ["\\/nrt]"#);
 }
 
 /// Rule `thought-char`: anything but a control character (line breaks and tabs included), and
 /// anything in `also_excluded` (a character-class body). A thought can become the text of a
 /// terminal action, so it must be writable in every family's string syntax.
 pub(super) fn thought_char_rule(g: &mut Gbnf, also_excluded: &str) {
-    g.rule("thought-char", &format!(r"[^\x00-\x1F{also_excluded}]"));
+    g.rule(
+        "thought-char",
+        &format!(r"[^\x00-\x1F\x7F-\x9F{also_excluded}]"),
+    );
 }
 
 #[cfg(test)]

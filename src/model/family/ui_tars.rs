@@ -137,8 +137,9 @@ impl Family for UiTars {
             )
             .rule("call-user", &lit("call_user()"))
             .rule("point", r#""(" frame-coord "," frame-coord ")""#)
-            // Python string content: no bare quote, backslash or line break.
-            .rule("py-char", r#"[^'\\\n] | "\\" ['"\\nrt]"#);
+            // Python string content: no bare quote, backslash, line break or other control
+            // character (typed, a control character would reach applications as a key).
+            .rule("py-char", r#"[^'\\\x00-\x1F\x7F-\x9F] | "\\" ['"\\nrt]"#);
         grammar::thought_char_rule(&mut g, "");
         grammar::key_rules(&mut g);
         grammar::frame_coord_rule(&mut g);
