@@ -673,3 +673,40 @@ fn yes_never_answers_a_budget_ask() {
     );
     assert_eq!(code, 0, "the script's done ends the run: {stderr}");
 }
+
+#[test]
+fn what_the_model_writes_is_redacted_in_the_trace_and_report_and_escaped_on_the_terminal() {
+    let display = display(800, 600);
+    let card = "4111 1111 1111 1111";
+    let escape = r"\u001b]52;c;cm0gLXJmIH4=\u0007";
+    // A question nobody answers ends the run, so the summary gets a run of its own.
+    for line in [
+        format!(r#"{{"action":"call_user","question":"may I use card {card}?{escape}"}}"#),
+        format!(r#"{{"action":"done","summary":"paid with {card}{escape}"}}"#),
+    ] {
+        let setup = Setup::new(BALANCED);
+        let script = setup.script(&[line]);
+        let (_, stdout, stderr) = setup.run_script(&display, "pay the bill", &script, &[]);
+        let run = setup.run_dir();
+        let trace = std::fs::read_to_string(run.join("trace.jsonl")).expect("trace");
+        let report = std::fs::read_to_string(run.join("report.html")).expect("report");
+        for (name, text) in [
+            ("trace.jsonl", &trace),
+            ("report.html", &report),
+            ("stdout", &stdout),
+            ("stderr", &stderr),
+        ] {
+            assert!(
+                !text.contains("4111"),
+                "{name} holds the card number:\n{text}"
+            );
+        }
+        assert!(trace.contains("[redacted:card_number]"), "{trace}");
+        for (name, text) in [("stdout", &stdout), ("stderr", &stderr)] {
+            assert!(
+                !text.contains('\u{1b}') && !text.contains('\u{7}'),
+                "{name} printed a raw escape sequence: {text:?}"
+            );
+        }
+    }
+}

@@ -19,7 +19,7 @@ use crate::policy::{Answer, Decision, Layer, Policy, Request, Verdict};
 use crate::screen::{Frame, FrameTarget, MonitorInfo, Screen, SettleOptions, observe};
 use crate::trace::{
     FrameRecord, ModelRecord, Outcome, Recorder, Refuser, RunEnd, RunStart, StepRecord,
-    StepTimings, now_rfc3339,
+    StepTimings, now_rfc3339, printable,
 };
 
 /// Exit status when the policy is broken and deskhand is locked.
@@ -365,12 +365,14 @@ impl Context<'_, '_> {
             Ok(reply) => reply,
             Err(e) => {
                 state.model_errors += 1;
+                // The error may quote the raw reply, which may hold what a detector flags.
+                let e = self.policy.redact(&e.to_string());
                 state
                     .history
                     .push(format!("Step {step}: your reply could not be used: {e}"));
                 let mut rec = record(Outcome::Error {
                     stage: "model".into(),
-                    error: e.to_string(),
+                    error: e.clone(),
                 });
                 rec.frame = frame;
                 rec.settled = settled;
@@ -380,14 +382,15 @@ impl Context<'_, '_> {
                     return end(1, "error", format!("cannot record step {step}: {e}"));
                 }
                 self.user
-                    .step_done(&format!("step {step}: the model failed: {e}"));
+                    .step_done(&format!("step {step}: the model failed: {}", printable(&e)));
                 if state.model_errors >= self.options.guards.model_errors {
                     return end(
                         1,
                         "guard",
                         format!(
-                            "the model failed {} times in a row: {e}",
-                            state.model_errors
+                            "the model failed {} times in a row: {}",
+                            state.model_errors,
+                            printable(&e)
                         ),
                     );
                 }
@@ -463,7 +466,9 @@ impl Context<'_, '_> {
 
         self.user.phase(step, "act");
         let act_started = Instant::now();
-        let outcome = self.act(&action, verdict, &decision, answer, state);
+        let outcome = self
+            .act(&action, verdict, &decision, answer, state)
+            .redacted(|text| self.policy.redact(text));
         timings.act_ms = ms(act_started.elapsed());
         if matches!(outcome, Outcome::Executed { .. }) {
             self.policy.executed(&request, &decision);
@@ -526,7 +531,9 @@ impl Context<'_, '_> {
         let given = if self.options.yes && !for_the_person {
             Answer::Once
         } else {
-            match self.user.ask(request, decision) {
+            let mut shown = request.clone();
+            shown.action = self.redact_action(&request.action);
+            match self.user.ask(&shown, decision) {
                 UserAnswer::Answer(answer) => answer,
                 UserAnswer::Abort => {
                     self.abort.trigger(AbortReason::User);
@@ -574,9 +581,10 @@ impl Context<'_, '_> {
             Action::Fail { reason } => Outcome::Failed {
                 reason: reason.clone(),
             },
+            // Redacted on the terminal too: the screen deskhand captures may show it.
             Action::CallUser { question } => Outcome::Asked {
                 question: question.clone(),
-                answer: self.user.reply(question),
+                answer: self.user.reply(&self.policy.redact(question)),
             },
             Action::Wait { ms } if !self.options.dry_run => {
                 let until = Instant::now() + Duration::from_millis(*ms);
@@ -609,15 +617,22 @@ impl Context<'_, '_> {
     fn ending(&mut self, outcome: &Outcome, state: &State) -> Next {
         let guards = &self.options.guards;
         match outcome {
-            Outcome::Done { summary } => end(0, "done", format!("done: {summary}")),
-            Outcome::Failed { reason } => end(1, "failed", format!("the model gave up: {reason}")),
+            Outcome::Done { summary } => end(0, "done", format!("done: {}", printable(summary))),
+            Outcome::Failed { reason } => end(
+                1,
+                "failed",
+                format!("the model gave up: {}", printable(reason)),
+            ),
             Outcome::Asked {
                 question,
                 answer: None,
             } => end(
                 1,
                 "failed",
-                format!("the model asked \"{question}\" and nobody could answer"),
+                format!(
+                    "the model asked \"{}\" and nobody could answer",
+                    printable(question)
+                ),
             ),
             Outcome::Aborted { reason } => {
                 self.hands.release_all();
@@ -652,10 +667,19 @@ impl Context<'_, '_> {
         end(ABORT_EXIT_CODE, "aborted", format!("aborted: {reason}"))
     }
 
+    /// The action with everything the model wrote passed through the detectors.
     fn redact_action(&self, action: &Action) -> Action {
+        let redact = |text: &str| self.policy.redact(text);
         match action {
-            Action::Type { text } => Action::Type {
-                text: self.policy.redact(text),
+            Action::Type { text } => Action::Type { text: redact(text) },
+            Action::Done { summary } => Action::Done {
+                summary: redact(summary),
+            },
+            Action::Fail { reason } => Action::Fail {
+                reason: redact(reason),
+            },
+            Action::CallUser { question } => Action::CallUser {
+                question: redact(question),
             },
             other => other.clone(),
         }

@@ -9,6 +9,7 @@ use thiserror::Error;
 
 use super::chord::{Chord, ChordError, ChordKey, Modifier, NamedKey, text_keys, typeable};
 use crate::screen::ScreenPoint;
+use crate::trace::printable;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -315,9 +316,9 @@ impl fmt::Display for Action {
                 write!(f, "hold {} for {ms} ms", normalized_or_raw(chord))
             }
             Action::Wait { ms } => write!(f, "wait {ms} ms"),
-            Action::Done { summary } => write!(f, "done: {summary}"),
-            Action::Fail { reason } => write!(f, "fail: {reason}"),
-            Action::CallUser { question } => write!(f, "ask the user: {question}"),
+            Action::Done { summary } => write!(f, "done: {}", printable(summary)),
+            Action::Fail { reason } => write!(f, "fail: {}", printable(reason)),
+            Action::CallUser { question } => write!(f, "ask the user: {}", printable(question)),
         }
     }
 }

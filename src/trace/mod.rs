@@ -120,28 +120,83 @@ impl std::fmt::Display for Refuser {
     }
 }
 
-/// One sentence for people: the progress line, `deskhand trace show` and the report.
+/// `text` safe to print on a terminal: control characters (escape sequences, OSC 52 clipboard
+/// writes, cursor moves, line breaks that fake a prompt) and bidirectional overrides are
+/// written as escapes. Everything the model wrote or the screen showed goes through this
+/// before it is printed.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() || is_bidi_control(c) => {
+                out.extend(c.escape_unicode());
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// One sentence for people: the progress line, `deskhand trace show` and the report. Texts
+/// from the model, the person or the screen are `printable`.
 impl std::fmt::Display for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = printable;
         match self {
             Outcome::Executed { events, ms } => {
                 write!(f, "Executed: {events} input events in {ms:.1} ms")
             }
             Outcome::DryRun => f.write_str("Dry run: the policy allowed it; nothing was executed"),
-            Outcome::Refused { by, reason } => write!(f, "Refused by {by}: {reason}"),
-            Outcome::Done { summary } => write!(f, "Done: {summary}"),
-            Outcome::Failed { reason } => write!(f, "The model gave up: {reason}"),
+            Outcome::Refused { by, reason } => write!(f, "Refused by {by}: {}", p(reason)),
+            Outcome::Done { summary } => write!(f, "Done: {}", p(summary)),
+            Outcome::Failed { reason } => write!(f, "The model gave up: {}", p(reason)),
             Outcome::Asked {
                 question,
                 answer: Some(answer),
-            } => write!(f, "Asked the person: {question} — they answered: {answer}"),
+            } => write!(
+                f,
+                "Asked the person: {} — they answered: {}",
+                p(question),
+                p(answer)
+            ),
             Outcome::Asked {
                 question,
                 answer: None,
-            } => write!(f, "Asked the person: {question} — no answer"),
+            } => write!(f, "Asked the person: {} — no answer", p(question)),
             Outcome::Waited { ms } => write!(f, "Waited {ms} ms"),
-            Outcome::Error { stage, error } => write!(f, "Error in {stage}: {error}"),
-            Outcome::Aborted { reason } => write!(f, "Aborted: {reason}"),
+            Outcome::Error { stage, error } => write!(f, "Error in {stage}: {}", p(error)),
+            Outcome::Aborted { reason } => write!(f, "Aborted: {}", p(reason)),
+        }
+    }
+}
+
+impl Outcome {
+    /// The outcome with every text the model wrote or the person typed passed through
+    /// `redact`, before it is recorded, shown to the model again or printed.
+    pub fn redacted(self, redact: impl Fn(&str) -> String) -> Outcome {
+        match self {
+            Outcome::Done { summary } => Outcome::Done {
+                summary: redact(&summary),
+            },
+            Outcome::Failed { reason } => Outcome::Failed {
+                reason: redact(&reason),
+            },
+            Outcome::Asked { question, answer } => Outcome::Asked {
+                question: redact(&question),
+                answer: answer.as_deref().map(&redact),
+            },
+            Outcome::Error { stage, error } => Outcome::Error {
+                stage,
+                error: redact(&error),
+            },
+            other => other,
         }
     }
 }
@@ -234,4 +289,40 @@ impl TraceError {
 /// The current time as RFC 3339 with milliseconds.
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod printable_tests {
+    use super::*;
+
+    #[test]
+    fn terminal_control_sequences_are_written_as_escapes() {
+        let osc52 = "done\u{1b}]52;c;cm0gLXJmIH4=\u{7}\nThe policy asks before: nothing";
+        let shown = printable(osc52);
+        assert!(!shown.chars().any(|c| c.is_control()), "{shown}");
+        assert_eq!(
+            shown,
+            "done\\u{1b}]52;c;cm0gLXJmIH4=\\u{7}\\nThe policy asks before: nothing"
+        );
+        assert_eq!(printable("a\u{202e}b\u{9b}c"), "a\\u{202e}b\\u{9b}c");
+        assert_eq!(printable("héllo, 世界"), "héllo, 世界");
+    }
+
+    #[test]
+    fn outcomes_redact_and_print_what_the_model_wrote() {
+        let done = Outcome::Done {
+            summary: "paid with 4111 1111 1111 1111\u{1b}[2J".into(),
+        }
+        .redacted(|t| t.replace("4111 1111 1111 1111", "[redacted:card_number]"));
+        assert_eq!(
+            done.to_string(),
+            "Done: paid with [redacted:card_number]\\u{1b}[2J"
+        );
+        let asked = Outcome::Asked {
+            question: "card?".into(),
+            answer: Some("4111 1111 1111 1111".into()),
+        }
+        .redacted(|t| t.replace("4111 1111 1111 1111", "[redacted:card_number]"));
+        assert!(!asked.to_string().contains("4111"));
+    }
 }
