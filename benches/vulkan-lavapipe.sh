@@ -56,8 +56,9 @@ if [ -z "$icd" ]; then
   echo "lavapipe's ICD file is missing from /usr/share/vulkan/icd.d (mesa-vulkan-drivers)" >&2
   exit 1
 fi
-# Only lavapipe, so a real GPU driver on the machine cannot be picked instead.
-export VK_ICD_FILENAMES="$icd" VK_DRIVER_FILES="$icd"
+# Only lavapipe, so a real GPU driver on the machine cannot be picked instead. ggml skips
+# CPU-type Vulkan devices unless they are named: GGML_VK_VISIBLE_DEVICES=0 names lavapipe.
+export VK_ICD_FILENAMES="$icd" VK_DRIVER_FILES="$icd" GGML_VK_VISIBLE_DEVICES=0
 vulkaninfo --summary 2>/dev/null | grep -E "deviceName|driverName" >&2 || true
 
 export CARGO_TARGET_DIR=target/vulkan
@@ -76,7 +77,18 @@ echo "vulkan build: $((built - start)) s"
 # The tiny VLM end to end: load, image encode, prefill and decode with all layers on the
 # Vulkan device, then whole runs on a private Xvfb.
 set +e
-cargo test --locked --features vulkan --test tiny_vlm --test run_tiny_vlm 2>&1 | tee /dev/stderr | tail -n 3
-status=${PIPESTATUS[0]}
+log=$(mktemp)
+cargo test --locked --features vulkan --test tiny_vlm --test run_tiny_vlm -- --nocapture >"$log" 2>&1
+status=$?
+set -e
+cat "$log" >&2
 echo "tests: exit $status after $(($(date +%s) - built)) s"
+# A run that silently fell back to the CPU backend proves nothing about Vulkan.
+if ! grep -q "ggml_vulkan: 0 = " "$log"; then
+  echo "llama.cpp found no Vulkan device (no 'ggml_vulkan: 0 = ...' line): the tests ran on the CPU backend" >&2
+  status=1
+else
+  grep -m1 "ggml_vulkan: 0 = " "$log"
+fi
+rm -f "$log"
 exit "$status"

@@ -710,3 +710,48 @@ fn what_the_model_writes_is_redacted_in_the_trace_and_report_and_escaped_on_the_
         }
     }
 }
+
+#[test]
+fn a_click_is_judged_against_the_window_under_the_pointer_not_the_focused_one() {
+    let display = display(1024, 600);
+    // A mail composer on the left; a browser on the right opens last and takes the focus.
+    let composer =
+        common::TestWindow::open(&display, "480x400+0+0", "Write: (no subject) - Thunderbird");
+    let browser = common::TestWindow::open(&display, "480x400+520+0", "Example Domain - Browser");
+    let send = composer.target("red");
+    let setup = Setup::new(BALANCED);
+    let script = setup.script(&[click(send.x, send.y), done()]);
+    let (_, stdout, stderr) = setup.run_script(&display, "read the news", &script, &[]);
+
+    let clicks = events_after_ready(
+        &composer.quiet_events(),
+        &["button_press", "button_release"],
+    )
+    .len();
+    assert_eq!(
+        clicks, 0,
+        "the click reached the composer; stderr:\n{stderr}"
+    );
+    let trace = setup.trace();
+    let first = step(&trace, 1);
+    assert_eq!(first["decision"]["decision"], "ask", "{first}\n{stdout}");
+    assert_eq!(first["outcome"]["status"], "refused", "{first}");
+    let reason = first["decision"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("under the pointer"), "{reason}");
+    // Both windows are in the trace: the focused one, and the one the click reaches.
+    assert_eq!(
+        first["request"]["title"], "Example Domain - Browser",
+        "{first}"
+    );
+    assert_eq!(
+        first["request"]["under_pointer"][0]["title"], "Write: (no subject) - Thunderbird",
+        "{first}"
+    );
+    assert!(
+        first["decision"]["intents"]
+            .as_array()
+            .is_some_and(|i| i.iter().any(|x| x == "send_email")),
+        "{first}"
+    );
+    drop(browser);
+}

@@ -15,8 +15,10 @@ pub use user::{TerminalUser, Unattended, User, UserAnswer};
 
 use crate::input::{ABORT_EXIT_CODE, AbortReason, AbortSignal, Action, Hands, InputError};
 use crate::model::{Backend, Prompt, ms};
-use crate::policy::{Answer, Decision, Layer, Policy, Request, Verdict};
-use crate::screen::{Frame, FrameTarget, MonitorInfo, Screen, SettleOptions, observe};
+use crate::policy::{Answer, Decision, Layer, Policy, Request, Verdict, WindowRef};
+use crate::screen::{
+    ActiveWindow, Frame, FrameTarget, MonitorInfo, Screen, SettleOptions, observe,
+};
 use crate::trace::{
     FrameRecord, ModelRecord, Outcome, Recorder, Refuser, RunEnd, RunStart, StepRecord,
     StepTimings, now_rfc3339, printable,
@@ -411,25 +413,10 @@ impl Context<'_, '_> {
         // Check.
         self.user.phase(step, "policy");
         let policy_started = Instant::now();
-        let mut request = Request::new(action.clone())
-            .with_window(
-                observed.active_window.as_ref().map(|w| w.app_name.clone()),
-                observed.active_window.as_ref().map(|w| w.title.clone()),
-            )
-            .with_monitors(self.monitors);
-        let decision = self.policy.check(&request);
+        let seen = self.windows_reached(&action, observed.active_window.clone());
+        let mut request = seen.request(&action, self.monitors);
+        let mut decision = self.policy.check(&request);
         timings.policy_ms = ms(policy_started.elapsed());
-        request.detector_hits = decision
-            .detector_hits
-            .iter()
-            .map(|h| h.name.clone())
-            .collect();
-        request.inferred_intents = decision
-            .intents
-            .iter()
-            .copied()
-            .filter(|i| *i != request.declared_intent)
-            .collect();
 
         // Act.
         let mut answer = None;
@@ -453,6 +440,50 @@ impl Context<'_, '_> {
             }
             other => other,
         };
+
+        // Between the screenshot and now, decoding and a waiting ask may have taken seconds,
+        // and the focus or the windows under the pointer may have changed: look again, and if
+        // they did, decide again for the windows the input would reach now.
+        let mut verdict = verdict;
+        if verdict == Verdict::Allow && touches_desktop(&action) && !self.options.dry_run {
+            let now = self.windows_reached(&action, self.screen.active_window().ok().flatten());
+            if now.differs_from(&seen) {
+                request = now.request(&action, self.monitors);
+                decision = self.policy.recheck(&request);
+                self.user.note(&format!(
+                    "step {step}: the windows changed before acting ({}); decided again: {}",
+                    now.describe(),
+                    decision.decision
+                ));
+                verdict = match decision.decision {
+                    Verdict::Ask => match self.resolve_ask(&request, &decision) {
+                        Ok((verdict, given)) => {
+                            answer = Some(given);
+                            verdict
+                        }
+                        Err(reason) => {
+                            let mut rec = record(Outcome::Aborted {
+                                reason: reason.to_string(),
+                            });
+                            rec.decision = Some(decision);
+                            return self.abort_now(reason, rec);
+                        }
+                    },
+                    other => other,
+                };
+            }
+        }
+        request.detector_hits = decision
+            .detector_hits
+            .iter()
+            .map(|h| h.name.clone())
+            .collect();
+        request.inferred_intents = decision
+            .intents
+            .iter()
+            .copied()
+            .filter(|i| *i != request.declared_intent)
+            .collect();
         timings.ask_ms = ms(ask_started.elapsed());
 
         let proposed_again =
@@ -516,6 +547,24 @@ impl Context<'_, '_> {
         }
         self.user.step_done(&summary);
         ended
+    }
+
+    /// The windows `action` would reach: the active one (keys and text) and the top-level
+    /// windows under its points (clicks, scrolls, drags). A window that cannot be read counts
+    /// as an unknown window, which no allow rule for a named app covers.
+    fn windows_reached(&self, action: &Action, active: Option<ActiveWindow>) -> WindowsReached {
+        let points = action.points();
+        let under_pointer = match self.screen.windows_at(&points) {
+            Ok(windows) => windows.into_iter().map(Some).collect(),
+            Err(e) => {
+                tracing::warn!("cannot read the windows under the pointer: {e}");
+                points.iter().map(|_| None).take(1).collect()
+            }
+        };
+        WindowsReached {
+            active,
+            under_pointer,
+        }
     }
 
     /// Settles an ask: `--yes`, or the person. The floor's and the budgets' asks always go to
@@ -683,6 +732,60 @@ impl Context<'_, '_> {
             },
             other => other.clone(),
         }
+    }
+}
+
+/// Whether an action would touch the desktop (and so could reach another window than the one
+/// it was decided for).
+fn touches_desktop(action: &Action) -> bool {
+    !matches!(action, Action::Wait { .. }) && !action.is_terminal()
+}
+
+/// The windows one action reaches, as read at one moment.
+struct WindowsReached {
+    active: Option<ActiveWindow>,
+    /// `None`: a window that could not be read.
+    under_pointer: Vec<Option<ActiveWindow>>,
+}
+
+impl WindowsReached {
+    fn request(&self, action: &Action, monitors: &[MonitorInfo]) -> Request {
+        let to_ref = |w: &Option<ActiveWindow>| WindowRef {
+            app: w.as_ref().map(|w| w.app_name.clone()),
+            title: w.as_ref().map(|w| w.title.clone()),
+        };
+        let active = to_ref(&self.active);
+        Request::new(action.clone())
+            .with_window(active.app, active.title)
+            .with_windows_under_pointer(self.under_pointer.iter().map(to_ref).collect())
+            .with_monitors(monitors)
+    }
+
+    fn ids(&self) -> (Option<u32>, Vec<Option<u32>>) {
+        let id = |w: &Option<ActiveWindow>| w.as_ref().map(|w| w.window_id);
+        (
+            id(&self.active),
+            self.under_pointer.iter().map(id).collect(),
+        )
+    }
+
+    fn differs_from(&self, earlier: &WindowsReached) -> bool {
+        self.ids() != earlier.ids()
+    }
+
+    fn describe(&self) -> String {
+        let name = |w: &Option<ActiveWindow>| {
+            w.as_ref().map_or_else(
+                || "unknown".to_owned(),
+                |w| format!("{} \"{}\"", printable(&w.app_name), printable(&w.title)),
+            )
+        };
+        let mut text = format!("focus: {}", name(&self.active));
+        if !self.under_pointer.is_empty() {
+            let under: Vec<String> = self.under_pointer.iter().map(name).collect();
+            text.push_str(&format!("; under the pointer: {}", under.join(", ")));
+        }
+        text
     }
 }
 

@@ -173,6 +173,14 @@ pub fn ask_details(request: &Request, decision: &Decision) -> String {
         (None, None) => "unknown".to_owned(),
     };
     lines.push(format!("  window: {window}"));
+    for under in &request.under_pointer {
+        let app = under
+            .app
+            .as_deref()
+            .map_or_else(|| "unknown".to_owned(), printable);
+        let title = under.title.as_deref().map(printable).unwrap_or_default();
+        lines.push(format!("  under the pointer: {app} — \"{title}\""));
+    }
     let points = request.action.points();
     if !points.is_empty() {
         let shown: Vec<String> = points

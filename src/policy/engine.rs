@@ -403,7 +403,36 @@ impl PolicyEngine {
 
     /// Decides `request`, which would type after `typed_before`: the text already sent to the
     /// same window in this run. Detectors and command inference read the two together.
+    ///
+    /// A pointer action is decided for the active window and for every window under its
+    /// points, and the strictest of those decisions stands: a click lands on the window under
+    /// the pointer, which need not be the one with the focus.
     pub fn decide_after(&self, typed_before: &str, request: &Request, now: SystemTime) -> Decision {
+        let mut decision = self.decide_for_window(typed_before, request, now);
+        for window in &request.under_pointer {
+            let other = self.decide_for_window("", &request.in_window(window), now);
+            // Stricter verdict first; between two asks, the one that may not be remembered.
+            let strictness = |d: &Decision| (d.decision, !d.rememberable, d.session_only);
+            if strictness(&other) > strictness(&decision) {
+                let name = window
+                    .app
+                    .as_deref()
+                    .or(window.title.as_deref())
+                    .unwrap_or("unknown");
+                let mut other = other;
+                other.reason = format!("the window under the pointer ({name}): {}", other.reason);
+                decision = other;
+            }
+        }
+        decision
+    }
+
+    fn decide_for_window(
+        &self,
+        typed_before: &str,
+        request: &Request,
+        now: SystemTime,
+    ) -> Decision {
         if let Some(errors) = &self.locked {
             return locked_decision(errors, &request.action);
         }
@@ -884,6 +913,9 @@ pub enum AnswerError {
 /// The check stage as the loop sees it: decide, take answers, count what ran.
 pub trait Policy {
     fn check(&mut self, request: &Request) -> Decision;
+    /// Decides `request` again just before it runs, because the windows it reaches changed
+    /// since `check`. The budgets already counted this step, so they do not count it again.
+    fn recheck(&mut self, request: &Request) -> Decision;
     /// Applies the person's answer to an ask; returns what to do with the action.
     fn answer(
         &mut self,
@@ -1081,6 +1113,12 @@ impl Checker {
 impl Policy for Checker {
     fn check(&mut self, request: &Request) -> Decision {
         self.check_at(request, Instant::now())
+    }
+
+    fn recheck(&mut self, request: &Request) -> Decision {
+        self.refresh_grants();
+        self.engine
+            .decide_after(self.typed.before(request), request, SystemTime::now())
     }
 
     fn answer(

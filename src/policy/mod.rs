@@ -37,7 +37,7 @@ pub use file::{Layer, PolicyError, PolicyErrors, SCHEMA_VERSION};
 pub use grants::{Grant, GrantError, GrantScope, GrantStore};
 pub use infer::{infer_intents, infer_intents_after, shell_normal_form};
 pub use preset::{Preset, starter_policy};
-pub use request::{NormalizedPoint, Request};
+pub use request::{NormalizedPoint, Request, WindowRef};
 
 /// What the policy says about one action. The order is strictness: `Allow < Ask < Deny`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

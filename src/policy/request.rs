@@ -17,6 +17,16 @@ pub struct NormalizedPoint {
     pub y: f64,
 }
 
+/// A window as the policy sees it: its program and title.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+}
+
 /// One proposed action and its context. It is recorded in every trace step, so a later policy
 /// can be replayed against it (`deskhand policy test`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,6 +39,11 @@ pub struct Request {
     /// The active window's title. Web pages set it, so rules use it as secondary evidence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub title: Option<String>,
+    /// The windows under the action's points, where they are not the active window: a click
+    /// reaches the window under the pointer, whichever has the focus. The policy decides for
+    /// each of them too, and the strictest decision wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub under_pointer: Vec<WindowRef>,
     /// Every point the action touches, on the monitor that holds it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub points: Vec<NormalizedPoint>,
@@ -55,6 +70,7 @@ impl Request {
             action,
             app: None,
             title: None,
+            under_pointer: Vec::new(),
             points: Vec::new(),
             declared_intent: Intent::Other,
             inferred_intents: Vec::new(),
@@ -66,6 +82,34 @@ impl Request {
         self.app = app.filter(|a| !a.is_empty());
         self.title = title.filter(|t| !t.is_empty());
         self
+    }
+
+    /// Records the windows under the action's points; the active window itself is left out.
+    pub fn with_windows_under_pointer(mut self, windows: Vec<WindowRef>) -> Request {
+        let active = WindowRef {
+            app: self.app.clone(),
+            title: self.title.clone(),
+        };
+        self.under_pointer = Vec::new();
+        for window in windows {
+            let window = WindowRef {
+                app: window.app.filter(|a| !a.is_empty()),
+                title: window.title.filter(|t| !t.is_empty()),
+            };
+            if window != active && !self.under_pointer.contains(&window) {
+                self.under_pointer.push(window);
+            }
+        }
+        self
+    }
+
+    /// The same action as if `window` were the active window.
+    pub fn in_window(&self, window: &WindowRef) -> Request {
+        let mut request = self.clone();
+        request.app = window.app.clone();
+        request.title = window.title.clone();
+        request.under_pointer.clear();
+        request
     }
 
     pub fn with_intent(mut self, intent: Intent) -> Request {

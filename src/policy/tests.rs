@@ -1162,3 +1162,37 @@ fn rules_that_can_never_match_and_misspelt_groups_are_errors() {
         None
     );
 }
+
+#[test]
+fn a_pointer_action_is_decided_for_the_window_under_the_pointer_too() {
+    let engine = user_engine(&policy("balanced", ""));
+    let composer = WindowRef {
+        app: Some("thunderbird".into()),
+        title: Some("Write: (no subject) - Thunderbird".into()),
+    };
+    let click_in_browser = in_app(click(), "firefox", Some("Example Domain"));
+    assert_eq!(verdict(&engine, &click_in_browser), Verdict::Allow);
+    let reaching_composer = click_in_browser
+        .clone()
+        .with_windows_under_pointer(vec![composer.clone()]);
+    let decision = engine.decide(&reaching_composer);
+    assert_eq!(decision.decision, Verdict::Ask);
+    assert!(decision.intents.contains(&Intent::SendEmail));
+    assert!(
+        decision.reason.contains("under the pointer (thunderbird)"),
+        "{}",
+        decision.reason
+    );
+    // The active window itself is not listed twice.
+    let same = in_app(click(), "firefox", Some("Example Domain")).with_windows_under_pointer(vec![
+        WindowRef {
+            app: Some("firefox".into()),
+            title: Some("Example Domain".into()),
+        },
+    ]);
+    assert!(same.under_pointer.is_empty());
+    // Both windows survive the trace's JSON.
+    let back: Request =
+        serde_json::from_str(&serde_json::to_string(&reaching_composer).unwrap()).unwrap();
+    assert_eq!(back.under_pointer, vec![composer]);
+}

@@ -115,6 +115,23 @@ pub trait Screen {
 
     fn active_window(&self) -> Result<Option<ActiveWindow>, ScreenError>;
 
+    /// The top-level client window at `point` (the topmost one there), which is what a click
+    /// at that point reaches, whichever window has the keyboard focus.
+    fn window_at(&self, point: ScreenPoint) -> Result<Option<ActiveWindow>, ScreenError>;
+
+    /// The distinct windows under `points`, in order of first appearance.
+    fn windows_at(&self, points: &[ScreenPoint]) -> Result<Vec<ActiveWindow>, ScreenError> {
+        let mut windows: Vec<ActiveWindow> = Vec::new();
+        for &point in points {
+            if let Some(window) = self.window_at(point)?
+                && windows.iter().all(|w| w.window_id != window.window_id)
+            {
+                windows.push(window);
+            }
+        }
+        Ok(windows)
+    }
+
     /// The monitor `--monitor N` names, or the primary one (the first if none is primary).
     fn monitor(&self, index: Option<usize>) -> Result<MonitorInfo, ScreenError> {
         let monitors = self.monitors()?;

@@ -127,6 +127,12 @@ mod tests {
         fn active_window(&self) -> Result<Option<ActiveWindow>, ScreenError> {
             Ok(None)
         }
+        fn window_at(
+            &self,
+            _: crate::screen::ScreenPoint,
+        ) -> Result<Option<ActiveWindow>, ScreenError> {
+            Ok(None)
+        }
     }
 
     fn monitor() -> MonitorInfo {

@@ -499,6 +499,31 @@ impl Screen for X11Screen {
             return Ok(None);
         };
         let window = self.client_window(focused)?;
+        Ok(Some(self.describe(window)))
+    }
+
+    fn window_at(&self, point: ScreenPoint) -> Result<Option<ActiveWindow>, ScreenError> {
+        // X coordinates are 16-bit; a point outside that range is on no window.
+        let (Ok(x), Ok(y)) = (i16::try_from(point.x), i16::try_from(point.y)) else {
+            return Ok(None);
+        };
+        let reply = self
+            .conn
+            .translate_coordinates(self.root, self.root, x, y)
+            .map_err(protocol)?
+            .reply()
+            .map_err(protocol)?;
+        if reply.child == x11rb::NONE {
+            return Ok(None);
+        }
+        let window = self.client_window(reply.child)?;
+        Ok(Some(self.describe(window)))
+    }
+}
+
+impl X11Screen {
+    /// A client window as the policy sees it: program, title, pid and class.
+    fn describe(&self, window: Window) -> ActiveWindow {
         let title = self
             .text_property(window, self.atoms.net_wm_name, self.atoms.utf8_string)
             .or_else(|| {
@@ -511,13 +536,13 @@ impl Screen for X11Screen {
         let app_name = process_name
             .or_else(|| wm_class.clone())
             .unwrap_or_else(|| "unknown".into());
-        Ok(Some(ActiveWindow {
+        ActiveWindow {
             app_name,
             title,
             pid,
             wm_class,
             window_id: window,
-        }))
+        }
     }
 }
 
