@@ -755,3 +755,49 @@ fn a_click_is_judged_against_the_window_under_the_pointer_not_the_focused_one() 
     );
     drop(browser);
 }
+
+/// Makes `text` the `selection` ("clipboard" or "primary") of `display`, owned by xclip, as
+/// another program on the desktop would.
+fn own_selection(display: &VirtualDisplay, selection: &str, text: &str) {
+    use std::io::Write;
+    let mut xclip = Command::new("xclip")
+        .args(["-selection", selection, "-display", display.name()])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("start xclip (apt-get install xclip)");
+    xclip
+        .stdin
+        .take()
+        .expect("xclip's stdin")
+        .write_all(text.as_bytes())
+        .expect("write to xclip");
+    // xclip forks a child that serves the selection and the parent exits.
+    let status = xclip.wait().expect("wait for xclip");
+    assert!(status.success(), "xclip failed");
+}
+
+#[test]
+fn a_paste_is_judged_by_what_the_clipboard_holds() {
+    let display = display(800, 600);
+    let window = common::TestWindow::open(&display, "600x400+0+0", "Notes");
+    let card = "4111 1111 1111 1111";
+    own_selection(&display, "clipboard", card);
+    let setup = Setup::new(BALANCED);
+    let script = setup.script(&[action(r#"{"action":"key","chord":"ctrl+v"}"#), done()]);
+    let (_, stdout, stderr) = setup.run_script(&display, "take notes", &script, &[]);
+    let trace = setup.trace();
+    let first = step(&trace, 1);
+    assert_eq!(
+        first["decision"]["decision"], "deny",
+        "{first}\n{stdout}\n{stderr}"
+    );
+    assert_eq!(first["decision"]["rule"], "floor.secret_text", "{first}");
+    assert_eq!(
+        first["request"]["pasted"], "[redacted:card_number]",
+        "{first}"
+    );
+    let keys = events_after_ready(&window.quiet_events(), &["key_press"]).len();
+    assert_eq!(keys, 0, "the paste reached the window");
+    let text = std::fs::read_to_string(setup.run_dir().join("trace.jsonl")).expect("trace");
+    assert!(!text.contains("4111"), "{text}");
+}

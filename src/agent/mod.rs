@@ -510,6 +510,7 @@ impl Context<'_, '_> {
         let record_started = Instant::now();
         let redacted_action = self.redact_action(&action);
         request.action = redacted_action.clone();
+        request.pasted = request.pasted.as_deref().map(|t| self.policy.redact(t));
         let summary = summary_line(
             step,
             &redacted_action,
@@ -564,7 +565,25 @@ impl Context<'_, '_> {
         WindowsReached {
             active,
             under_pointer,
+            pasted: self.pasted_text(action),
         }
+    }
+
+    /// What `action` would paste, if it is a paste: every selection it may insert, read now.
+    /// `None` when one of them cannot be read.
+    fn pasted_text(&self, action: &Action) -> Option<String> {
+        let mut texts = Vec::new();
+        for &selection in action.pastes() {
+            match self.screen.selection_text(selection) {
+                Ok(Some(text)) => texts.push(text),
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::warn!("cannot read the {selection:?} selection: {e}");
+                    return None;
+                }
+            }
+        }
+        Some(texts.join("\n"))
     }
 
     /// Settles an ask: `--yes`, or the person. The floor's and the budgets' asks always go to
@@ -582,6 +601,7 @@ impl Context<'_, '_> {
         } else {
             let mut shown = request.clone();
             shown.action = self.redact_action(&request.action);
+            shown.pasted = request.pasted.as_deref().map(|t| self.policy.redact(t));
             match self.user.ask(&shown, decision) {
                 UserAnswer::Answer(answer) => answer,
                 UserAnswer::Abort => {
@@ -741,9 +761,11 @@ fn touches_desktop(action: &Action) -> bool {
     !matches!(action, Action::Wait { .. }) && !action.is_terminal()
 }
 
-/// The windows one action reaches, as read at one moment.
+/// The windows one action reaches, and what it would paste, as read at one moment.
 struct WindowsReached {
     active: Option<ActiveWindow>,
+    /// What a paste would insert (`None` when it could not be read, or for other actions).
+    pasted: Option<String>,
     /// `None`: a window that could not be read.
     under_pointer: Vec<Option<ActiveWindow>>,
 }
@@ -758,6 +780,7 @@ impl WindowsReached {
         Request::new(action.clone())
             .with_window(active.app, active.title)
             .with_windows_under_pointer(self.under_pointer.iter().map(to_ref).collect())
+            .with_pasted(self.pasted.clone())
             .with_monitors(monitors)
     }
 
@@ -770,7 +793,7 @@ impl WindowsReached {
     }
 
     fn differs_from(&self, earlier: &WindowsReached) -> bool {
-        self.ids() != earlier.ids()
+        self.ids() != earlier.ids() || self.pasted != earlier.pasted
     }
 
     fn describe(&self) -> String {
@@ -781,6 +804,9 @@ impl WindowsReached {
             )
         };
         let mut text = format!("focus: {}", name(&self.active));
+        if self.pasted.is_some() {
+            text.push_str("; the text to paste");
+        }
         if !self.under_pointer.is_empty() {
             let under: Vec<String> = self.under_pointer.iter().map(name).collect();
             text.push_str(&format!("; under the pointer: {}", under.join(", ")));

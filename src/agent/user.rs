@@ -205,6 +205,12 @@ pub fn ask_details(request: &Request, decision: &Decision) -> String {
         }
         _ => {}
     }
+    if !request.action.pastes().is_empty() {
+        match &request.pasted {
+            Some(text) => lines.push(format!("  pastes: \"{}\"", printable(text))),
+            None => lines.push("  pastes: text that could not be read".to_owned()),
+        }
+    }
     if !decision.intents.is_empty() && decision.intents != [Intent::Other] {
         let intents: Vec<&str> = decision.intents.iter().map(|i| i.name()).collect();
         lines.push(format!("  intents: {}", intents.join(", ")));

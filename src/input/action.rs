@@ -98,6 +98,15 @@ pub enum Action {
     },
 }
 
+/// An X selection that a paste inserts: CLIPBOARD (ctrl+v) or PRIMARY (the last selected
+/// text, which a middle click inserts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    Clipboard,
+    Primary,
+}
+
 /// Limits that keep one action from running away; a model that asks for more is wrong.
 pub const MAX_WAIT_MS: u64 = 60_000;
 pub const MAX_HOLD_MS: u64 = 10_000;
@@ -210,6 +219,40 @@ impl Action {
                 })
             }
             _ => None,
+        }
+    }
+
+    /// The selections this action pastes, if it is a paste: ctrl+v and ctrl+shift+v (terminals)
+    /// paste CLIPBOARD; shift+Insert pastes CLIPBOARD in GTK and Qt and PRIMARY in xterm, so
+    /// both; a middle click pastes PRIMARY.
+    pub fn pastes(&self) -> &'static [Selection] {
+        match self {
+            Action::Click {
+                button: MouseButton::Middle,
+                ..
+            }
+            | Action::DoubleClick {
+                button: MouseButton::Middle,
+                ..
+            }
+            | Action::TripleClick {
+                button: MouseButton::Middle,
+                ..
+            } => &[Selection::Primary],
+            Action::Key { .. } | Action::HoldKey { .. } => {
+                match self
+                    .chord()
+                    .ok()
+                    .flatten()
+                    .map(|c| c.normalized())
+                    .as_deref()
+                {
+                    Some("ctrl+v" | "ctrl+shift+v") => &[Selection::Clipboard],
+                    Some("shift+insert") => &[Selection::Clipboard, Selection::Primary],
+                    _ => &[],
+                }
+            }
+            _ => &[],
         }
     }
 
@@ -445,6 +488,35 @@ mod tests {
         // A path that wanders away and comes back has dragged something.
         assert!(!drag(vec![[100, 100], [300, 100], [100, 100]]).is_click_like_drag());
         assert!(!Action::Move { x: 1, y: 1 }.is_click_like_drag());
+    }
+
+    #[test]
+    fn pastes_are_known_by_their_gesture() {
+        let key = |chord: &str| Action::Key {
+            chord: chord.into(),
+        };
+        assert_eq!(key("ctrl+v").pastes(), [Selection::Clipboard]);
+        assert_eq!(key("Control+Shift+V").pastes(), [Selection::Clipboard]);
+        assert_eq!(
+            key("shift+Insert").pastes(),
+            [Selection::Clipboard, Selection::Primary]
+        );
+        let middle = Action::Click {
+            x: 1,
+            y: 1,
+            button: MouseButton::Middle,
+        };
+        assert_eq!(middle.pastes(), [Selection::Primary]);
+        assert!(key("ctrl+c").pastes().is_empty());
+        assert!(
+            Action::Click {
+                x: 1,
+                y: 1,
+                button: MouseButton::Left
+            }
+            .pastes()
+            .is_empty()
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ mod enigo_device;
 mod executor;
 
 pub use abort::{ABORT_EXIT_CODE, AbortReason, AbortSignal, Releaser, exit_on_signals};
-pub use action::{Action, ActionError, MouseButton};
+pub use action::{Action, ActionError, MouseButton, Selection};
 pub use chord::{Chord, ChordError, ChordKey, Modifier, NamedKey, text_keys};
 pub use enigo_device::EnigoDevice;
 pub use executor::{

@@ -466,9 +466,13 @@ impl PolicyEngine {
         let title = request.title.as_deref().unwrap_or_default();
         let mut intents = request.inferred_intents.clone();
         intents.push(request.declared_intent);
+        // What a paste inserts is judged as if it were typed.
+        let typed = request.entered_text();
+        let pastes = !action.pastes().is_empty();
         intents.extend(infer_intents_after(
             typed_before,
             action,
+            typed.as_deref(),
             request.app.as_deref(),
             Some(title),
         ));
@@ -480,7 +484,6 @@ impl PolicyEngine {
         }
 
         let mut hits = Vec::new();
-        let typed = action.typed_text();
         if let Some(text) = &typed {
             hits = self.detectors.scan_after(typed_before, text);
             if password_context(request.app.as_deref(), request.title.as_deref()) {
@@ -494,8 +497,13 @@ impl PolicyEngine {
 
         Facts {
             kind: action.kind(),
-            // A drag that never leaves the pressed widget clicks it.
-            also_kind: action.is_click_like_drag().then_some("click"),
+            // A drag that never leaves the pressed widget clicks it; a paste types.
+            also_kind: if pastes {
+                Some("type")
+            } else {
+                action.is_click_like_drag().then_some("click")
+            },
+            paste_unread: pastes && request.pasted.is_none(),
             app: request.app.as_ref().map(|a| a.to_lowercase()),
             title,
             chord: action.chord().ok().flatten().map(|c| c.normalized()),
@@ -698,6 +706,13 @@ fn floor_matches(facts: &Facts, detectors: &Detectors, own_files: &[PathBuf]) ->
                 "typing a detected secret ({}) is never allowed",
                 secrets.join(", ")
             ),
+        ));
+    }
+    if facts.paste_unread {
+        matched.push(floor(
+            "floor.paste_unread",
+            Verdict::Ask,
+            "this pastes text that could not be read, so no rule could judge it".into(),
         ));
     }
     if facts.caps_lock {
@@ -973,7 +988,7 @@ impl TypedText {
                 ..
             }))
         );
-        let typed = action.typed_text();
+        let typed = request.entered_text();
         if typed.is_none() && !erases {
             return;
         }

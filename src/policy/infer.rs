@@ -14,16 +14,17 @@ use crate::input::{Action, Chord, ChordKey, Modifier, NamedKey};
 
 /// Every intent the action's text or context implies, without duplicates, riskiest last.
 pub fn infer_intents(action: &Action, app: Option<&str>, title: Option<&str>) -> Vec<Intent> {
-    infer_intents_after("", action, app, title)
+    infer_intents_after("", action, action.typed_text().as_deref(), app, title)
 }
 
-/// Like `infer_intents`, for an action that follows `typed_before`: the text already sent to
-/// the same window in this run. A command typed in pieces (`r`, then `m -rf ~`) is judged
+/// Like `infer_intents`, for an action that enters `typed` (what it types or pastes) after
+/// `typed_before`: the text already sent to the same window in this run. A command typed in pieces (`r`, then `m -rf ~`) is judged
 /// whole; a pattern counts only where the new text adds a match, so an earlier command does
 /// not haunt every later keystroke.
 pub fn infer_intents_after(
     typed_before: &str,
     action: &Action,
+    typed: Option<&str>,
     app: Option<&str>,
     title: Option<&str>,
 ) -> Vec<Intent> {
@@ -31,8 +32,7 @@ pub fn infer_intents_after(
     let title = title.unwrap_or_default();
     let mut found = Vec::new();
 
-    let typed = action.typed_text();
-    if let Some(text) = &typed {
+    if let Some(text) = typed {
         let before = [typed_before.to_owned(), shell_normal_form(typed_before)];
         let combined = format!("{typed_before}{text}");
         let after = [shell_normal_form(&combined), combined];
@@ -48,7 +48,7 @@ pub fn infer_intents_after(
         }
     }
 
-    let gesture = Gesture::of(action, typed.as_deref());
+    let gesture = Gesture::of(action, typed);
     let context = Context::of(&app, title);
     if context.mail && (context.compose && gesture.activates() || gesture.is_send_chord()) {
         found.push(Intent::SendEmail);
@@ -454,7 +454,13 @@ mod tests {
     #[test]
     fn a_command_typed_in_pieces_is_judged_whole() {
         let after = |before: &str, action: &Action| {
-            infer_intents_after(before, action, Some("xterm"), Some("bash"))
+            infer_intents_after(
+                before,
+                action,
+                action.typed_text().as_deref(),
+                Some("xterm"),
+                Some("bash"),
+            )
         };
         assert_eq!(after("", &typed("r")), vec![]);
         assert_eq!(after("r", &typed("m -rf ~")), vec![Intent::Delete]);

@@ -44,6 +44,11 @@ pub struct Request {
     /// each of them too, and the strictest decision wins.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub under_pointer: Vec<WindowRef>,
+    /// For a paste: the text it would insert (the selections it pastes, read just before
+    /// deciding), judged as typed text. `None` on a paste means it could not be read. Traces
+    /// keep it redacted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pasted: Option<String>,
     /// Every point the action touches, on the monitor that holds it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub points: Vec<NormalizedPoint>,
@@ -71,6 +76,7 @@ impl Request {
             app: None,
             title: None,
             under_pointer: Vec::new(),
+            pasted: None,
             points: Vec::new(),
             declared_intent: Intent::Other,
             inferred_intents: Vec::new(),
@@ -110,6 +116,21 @@ impl Request {
         request.title = window.title.clone();
         request.under_pointer.clear();
         request
+    }
+
+    /// What a paste would insert, where the action is one.
+    pub fn with_pasted(mut self, pasted: Option<String>) -> Request {
+        self.pasted = pasted;
+        self
+    }
+
+    /// The text this request enters into the window: what it types, or what it pastes.
+    pub fn entered_text(&self) -> Option<String> {
+        if self.action.pastes().is_empty() {
+            self.action.typed_text()
+        } else {
+            self.pasted.clone()
+        }
     }
 
     pub fn with_intent(mut self, intent: Intent) -> Request {

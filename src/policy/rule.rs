@@ -15,9 +15,11 @@ pub(super) struct Facts<'a> {
     pub title: &'a str,
     /// The normalized chord of `key` and `hold_key`.
     pub chord: Option<String>,
+    /// A paste whose text could not be read.
+    pub paste_unread: bool,
     /// Whether the chord's key is Caps Lock.
     pub caps_lock: bool,
-    /// What the action enters into a text field (`Action::typed_text`).
+    /// What the action enters into a text field: what it types or pastes.
     pub typed: Option<String>,
     /// Declared and inferred, sorted, without duplicates.
     pub intents: Vec<Intent>,

@@ -1196,3 +1196,50 @@ fn a_pointer_action_is_decided_for_the_window_under_the_pointer_too() {
         serde_json::from_str(&serde_json::to_string(&reaching_composer).unwrap()).unwrap();
     assert_eq!(back.under_pointer, vec![composer]);
 }
+
+#[test]
+fn a_paste_is_judged_as_the_text_it_inserts() {
+    let engine = user_engine(&policy(
+        "permissive",
+        "[[rule]]\nid = \"terminal-typing\"\ndecision = \"ask\"\nreason = \"terminal\"\naction = [\"type\"]\napp = [\"xterm\"]\n",
+    ));
+    let paste = |chord: &str, app: &str, title: &str, text: Option<&str>| {
+        in_app(key(chord), app, Some(title)).with_pasted(text.map(str::to_owned))
+    };
+    // A secret pasted is a secret typed, and into a password prompt anything is.
+    let card = engine.decide(&paste("ctrl+v", "firefox", "Notes", Some(CARD)));
+    assert_eq!(card.decision, Verdict::Deny);
+    assert_eq!(card.rule.as_deref(), Some("floor.secret_text"));
+    let password = engine.decide(&paste(
+        "shift+Insert",
+        "pinentry-qt",
+        "Passphrase",
+        Some("hunter2"),
+    ));
+    assert_eq!(password.decision, Verdict::Deny);
+    // In a terminal a paste is typing: the typing rule applies, and so does inference.
+    let terminal = engine.decide(&paste("ctrl+shift+v", "xterm", "bash", Some("rm -rf ~\n")));
+    assert!(terminal.intents.contains(&Intent::Delete), "{terminal:?}");
+    assert!(terminal.matched.iter().any(|m| m.id == "terminal-typing"));
+    let middle = in_app(
+        request(r#"{"action":"click","x":5,"y":5,"button":"middle"}"#),
+        "slack",
+        Some("general"),
+    )
+    .with_pasted(Some("hi all\n".into()));
+    assert!(
+        engine
+            .decide(&middle)
+            .intents
+            .contains(&Intent::SendMessage)
+    );
+    // What cannot be read is not waved through.
+    let unread = engine.decide(&paste("ctrl+v", "gedit", "notes", None));
+    assert_eq!(unread.decision, Verdict::Ask);
+    assert_eq!(unread.rule.as_deref(), Some("floor.paste_unread"));
+    // A harmless paste under a permissive policy goes.
+    assert_eq!(
+        verdict(&engine, &paste("ctrl+v", "gedit", "notes", Some("hello"))),
+        Verdict::Allow
+    );
+}

@@ -11,6 +11,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::input::Selection;
+
 pub use frame::{
     Frame, FrameError, FrameMap, FrameTarget, MapError, ModelPoint, PixelOrder, PointFormat,
     RawCapture, ScreenPoint, TargetError,
@@ -118,6 +120,10 @@ pub trait Screen {
     /// The top-level client window at `point` (the topmost one there), which is what a click
     /// at that point reaches, whichever window has the keyboard focus.
     fn window_at(&self, point: ScreenPoint) -> Result<Option<ActiveWindow>, ScreenError>;
+
+    /// The text a paste from `selection` would insert now: `Some("")` when nothing is
+    /// selected, `None` when it cannot be read (no answer in time, not text, too large).
+    fn selection_text(&self, selection: Selection) -> Result<Option<String>, ScreenError>;
 
     /// The distinct windows under `points`, in order of first appearance.
     fn windows_at(&self, points: &[ScreenPoint]) -> Result<Vec<ActiveWindow>, ScreenError> {

@@ -133,6 +133,12 @@ mod tests {
         ) -> Result<Option<ActiveWindow>, ScreenError> {
             Ok(None)
         }
+        fn selection_text(
+            &self,
+            _: crate::input::Selection,
+        ) -> Result<Option<String>, ScreenError> {
+            Ok(None)
+        }
     }
 
     fn monitor() -> MonitorInfo {

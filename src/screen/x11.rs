@@ -7,16 +7,20 @@
 //! connection is kept, monitors come from RandR 1.5 `GetMonitors`, and pixels arrive through
 //! MIT-SHM shared memory when the server is local. README.md has the measured difference.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use x11rb::connection::{Connection, RequestConnection as _};
+use x11rb::protocol::Event;
 use x11rb::protocol::randr::ConnectionExt as _;
 use x11rb::protocol::res::{ClientIdMask, ClientIdSpec, ConnectionExt as _};
 use x11rb::protocol::shm::ConnectionExt as _;
 use x11rb::protocol::xproto::{
-    AtomEnum, ConnectionExt as _, ImageFormat, ImageOrder, InputFocus, Window,
+    AtomEnum, ConnectionExt as _, CreateWindowAux, ImageFormat, ImageOrder, InputFocus, Window,
+    WindowClass,
 };
 use x11rb::rust_connection::RustConnection;
+
+use crate::input::Selection;
 
 use super::{
     ActiveWindow, Frame, FrameTarget, MonitorInfo, PixelOrder, RawCapture, Screen, ScreenError,
@@ -32,6 +36,10 @@ struct Atoms {
     net_wm_name: u32,
     net_wm_pid: u32,
     utf8_string: u32,
+    clipboard: u32,
+    incr: u32,
+    /// The property on `selection_window` where selection owners put what they send.
+    deskhand_selection: u32,
 }
 
 pub struct X11Screen {
@@ -46,7 +54,15 @@ pub struct X11Screen {
     /// server cannot use it (a remote display), and captures then travel over the socket.
     shm: Option<ShmSegment>,
     shm_usable: bool,
+    /// An unmapped window of our own, to receive selections (X sends them to a window).
+    selection_window: Window,
 }
+
+/// How long a selection owner has to answer: a paste in a desktop program is immediate.
+const SELECTION_TIMEOUT: Duration = Duration::from_millis(500);
+/// The most text a selection may hold for the policy to judge it (larger transfers go in
+/// INCR pieces, which are not read: such a paste counts as unreadable).
+const SELECTION_MAX_BYTES: u32 = 256 * 1024;
 
 impl X11Screen {
     /// Connect to `display` (an X display name like ":0"), or to $DISPLAY when None.
@@ -91,7 +107,27 @@ impl X11Screen {
             net_wm_name: intern(&conn, "_NET_WM_NAME")?,
             net_wm_pid: intern(&conn, "_NET_WM_PID")?,
             utf8_string: intern(&conn, "UTF8_STRING")?,
+            clipboard: intern(&conn, "CLIPBOARD")?,
+            incr: intern(&conn, "INCR")?,
+            deskhand_selection: intern(&conn, "DESKHAND_SELECTION")?,
         };
+        let selection_window = conn.generate_id().map_err(protocol)?;
+        conn.create_window(
+            x11rb::COPY_DEPTH_FROM_PARENT,
+            selection_window,
+            root,
+            -1,
+            -1,
+            1,
+            1,
+            0,
+            WindowClass::INPUT_ONLY,
+            x11rb::COPY_FROM_PARENT,
+            &CreateWindowAux::new(),
+        )
+        .map_err(protocol)?
+        .check()
+        .map_err(protocol)?;
         // RandR 1.5 is where monitors (as opposed to outputs) live.
         let has_randr_monitors = match conn.randr_query_version(1, 5) {
             Ok(cookie) => cookie
@@ -120,6 +156,7 @@ impl X11Screen {
             has_res,
             shm: None,
             shm_usable,
+            selection_window,
         })
     }
 
@@ -500,6 +537,67 @@ impl Screen for X11Screen {
         };
         let window = self.client_window(focused)?;
         Ok(Some(self.describe(window)))
+    }
+
+    fn selection_text(&self, selection: Selection) -> Result<Option<String>, ScreenError> {
+        let selection = match selection {
+            Selection::Clipboard => self.atoms.clipboard,
+            Selection::Primary => AtomEnum::PRIMARY.into(),
+        };
+        let owner = self
+            .conn
+            .get_selection_owner(selection)
+            .map_err(protocol)?
+            .reply()
+            .map_err(protocol)?
+            .owner;
+        if owner == x11rb::NONE {
+            return Ok(Some(String::new()));
+        }
+        let property = self.atoms.deskhand_selection;
+        self.conn
+            .convert_selection(
+                self.selection_window,
+                selection,
+                self.atoms.utf8_string,
+                property,
+                x11rb::CURRENT_TIME,
+            )
+            .map_err(protocol)?;
+        self.conn.flush().map_err(protocol)?;
+        let deadline = Instant::now() + SELECTION_TIMEOUT;
+        loop {
+            match self.conn.poll_for_event().map_err(protocol)? {
+                Some(Event::SelectionNotify(e))
+                    if e.requestor == self.selection_window && e.selection == selection =>
+                {
+                    if e.property == x11rb::NONE {
+                        // The owner cannot give it as text.
+                        return Ok(None);
+                    }
+                    let reply = self
+                        .conn
+                        .get_property(
+                            true,
+                            self.selection_window,
+                            property,
+                            AtomEnum::ANY,
+                            0,
+                            SELECTION_MAX_BYTES / 4,
+                        )
+                        .map_err(protocol)?
+                        .reply()
+                        .map_err(protocol)?;
+                    if reply.type_ == self.atoms.incr || reply.bytes_after > 0 {
+                        return Ok(None);
+                    }
+                    return Ok(Some(String::from_utf8_lossy(&reply.value).into_owned()));
+                }
+                Some(_) => {}
+                None if Instant::now() >= deadline => return Ok(None),
+                None => std::thread::sleep(Duration::from_millis(2)),
+            }
+        }
     }
 
     fn window_at(&self, point: ScreenPoint) -> Result<Option<ActiveWindow>, ScreenError> {
