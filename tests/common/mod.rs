@@ -74,9 +74,29 @@ pub struct TestWindow {
 impl TestWindow {
     /// Open the test window at `geometry` (WxH+X+Y) and wait until it has drawn its targets.
     pub fn open(display: &VirtualDisplay, geometry: &str, title: &str) -> TestWindow {
+        TestWindow::open_as(display, geometry, title, None)
+    }
+
+    /// `open`, with the program copied under `program` first, so that deskhand (which names a
+    /// window's app after its executable) sees that app: "xterm", "thunderbird".
+    pub fn open_as(
+        display: &VirtualDisplay,
+        geometry: &str,
+        title: &str,
+        program: Option<&str>,
+    ) -> TestWindow {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("testwin.jsonl");
-        let child = Command::new(env!("CARGO_BIN_EXE_deskhand-testwin"))
+        let binary = match program {
+            Some(name) => {
+                let copy = dir.path().join(name);
+                std::fs::copy(env!("CARGO_BIN_EXE_deskhand-testwin"), &copy)
+                    .expect("copy the test window's program");
+                copy
+            }
+            None => PathBuf::from(env!("CARGO_BIN_EXE_deskhand-testwin")),
+        };
+        let child = Command::new(binary)
             .args([
                 "--display",
                 display.name(),
