@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod bench;
 pub mod cli;
+pub mod files;
 pub mod input;
 pub mod model;
 pub mod policy;

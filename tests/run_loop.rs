@@ -191,7 +191,7 @@ fn the_loop_clicks_the_red_button_and_types_into_the_field() {
         runs.path(),
     );
     assert_eq!(result.exit_code, 0, "{result:?}");
-    assert_eq!(result.status, "done");
+    assert_eq!(result.status, deskhand::trace::RunStatus::Done);
 
     let events = window.events();
     assert!(

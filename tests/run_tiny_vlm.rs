@@ -192,7 +192,7 @@ fn ctrl_c_mid_run_stops_within_moments_releases_input_and_records_the_abort() {
     match lines.last() {
         Some(TraceLine::End(end)) => {
             assert_eq!(end.exit_code, 130);
-            assert_eq!(end.status, "aborted");
+            assert_eq!(end.status, deskhand::trace::RunStatus::Aborted);
             assert!(end.message.contains("SIGINT"), "{}", end.message);
             let steps = lines
                 .iter()

@@ -14,13 +14,14 @@ pub use script::ScriptBackend;
 pub use user::{TerminalUser, Unattended, User, UserAnswer};
 
 use crate::input::{ABORT_EXIT_CODE, AbortReason, AbortSignal, Action, Hands, InputError};
-use crate::model::{Backend, Prompt, ms};
+use crate::model::{Backend, Prompt, Reply, ms};
 use crate::policy::{Answer, Decision, Layer, Policy, Request, Verdict, WindowRef};
 use crate::screen::{
-    ActiveWindow, Frame, FrameTarget, MonitorInfo, Screen, SettleOptions, observe,
+    ActiveWindow, Frame, FrameTarget, MonitorInfo, Observation, Screen, SettleOptions,
+    changed_fraction, observe,
 };
 use crate::trace::{
-    FrameRecord, ModelRecord, Outcome, Recorder, Refuser, RunEnd, RunStart, StepRecord,
+    FrameRecord, ModelRecord, Outcome, Recorder, Refuser, RunEnd, RunStart, RunStatus, StepRecord,
     StepTimings, now_rfc3339, printable,
 };
 
@@ -89,8 +90,7 @@ pub struct Stages<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunResult {
     pub exit_code: i32,
-    /// `done`, `failed`, `guard`, `aborted`, `error`.
-    pub status: String,
+    pub status: RunStatus,
     pub message: String,
     pub steps: u32,
     pub run_dir: Option<PathBuf>,
@@ -110,16 +110,30 @@ struct State {
     acted: bool,
 }
 
+/// The most history lines the model is shown; older steps drop out, so a long run's prompt
+/// (and memory) stays bounded.
+const HISTORY_LINES: usize = 50;
+
+impl State {
+    fn remember(&mut self, line: String) {
+        self.history.push(line);
+        if self.history.len() > HISTORY_LINES {
+            let excess = self.history.len() - HISTORY_LINES;
+            self.history.drain(..excess);
+        }
+    }
+}
+
 enum Next {
     Continue,
     End {
         code: i32,
-        status: &'static str,
+        status: RunStatus,
         message: String,
     },
 }
 
-fn end(code: i32, status: &'static str, message: impl Into<String>) -> Next {
+fn end(code: i32, status: RunStatus, message: impl Into<String>) -> Next {
     Next::End {
         code,
         status,
@@ -142,6 +156,8 @@ pub fn run(options: &RunOptions, stages: Stages<'_>) -> RunResult {
         abort,
     } = stages;
     let started = Instant::now();
+    // The time limit holds inside a long action too, not only between steps.
+    hands.set_deadline(Some(started + options.guards.timeout));
     let start = RunStart {
         run: recorder
             .dir()
@@ -163,7 +179,7 @@ pub fn run(options: &RunOptions, stages: Stages<'_>) -> RunResult {
     };
     let mut result = RunResult {
         exit_code: 1,
-        status: "error".into(),
+        status: RunStatus::Error,
         message: String::new(),
         steps: 0,
         run_dir: recorder.dir().map(|d| d.to_path_buf()),
@@ -199,7 +215,7 @@ pub fn run(options: &RunOptions, stages: Stages<'_>) -> RunResult {
         if step >= options.guards.max_steps {
             break (
                 1,
-                "guard",
+                RunStatus::Guard,
                 format!(
                     "stopped after {step} steps, the step limit (--max-steps); the task is not done"
                 ),
@@ -208,7 +224,7 @@ pub fn run(options: &RunOptions, stages: Stages<'_>) -> RunResult {
         if started.elapsed() >= options.guards.timeout {
             break (
                 1,
-                "guard",
+                RunStatus::Guard,
                 format!(
                     "stopped after {:.0} s, the time limit; the task is not done",
                     started.elapsed().as_secs_f64()
@@ -226,14 +242,14 @@ pub fn run(options: &RunOptions, stages: Stages<'_>) -> RunResult {
         }
     };
     result.exit_code = code;
-    result.status = status.to_owned();
+    result.status = status;
     result.message = message;
     result.steps = step;
     let end = RunEnd {
         ended: now_rfc3339(),
         steps: step,
         exit_code: code,
-        status: status.to_owned(),
+        status,
         message: result.message.clone(),
     };
     if let Err(e) = context.recorder.end(&end) {
@@ -262,26 +278,30 @@ impl Context<'_, '_> {
         self.abort.reason()
     }
 
+    /// One step: see → think → check → act → record. Each stage may end the step early; the
+    /// draft carries what the step gathered so far, so every way out records it.
     fn step(&mut self, step: u32, state: &mut State) -> Next {
-        let step_started = Instant::now();
-        let at = now_rfc3339();
-        let mut timings = StepTimings::default();
-        let record = |outcome: Outcome| StepRecord {
-            step,
-            at: at.clone(),
-            frame: None,
-            settled: false,
-            timings: StepTimings::default(),
-            model: None,
-            action: None,
-            request: None,
-            decision: None,
-            answer: None,
-            outcome,
+        let mut draft = Draft::new(step);
+        let observed = match self.see(&mut draft, state) {
+            Ok(observed) => observed,
+            Err(next) => return next,
         };
+        let active = observed.active_window.clone();
+        let reply = match self.think(&mut draft, state, observed) {
+            Ok(reply) => reply,
+            Err(next) => return next,
+        };
+        let checked = match self.check(&mut draft, &reply.action, active) {
+            Ok(checked) => checked,
+            Err(next) => return next,
+        };
+        self.act_and_record(draft, state, reply, checked)
+    }
 
-        // See.
-        self.user.phase(step, "settle + capture");
+    /// See: settle and capture the screen, stop a model whose actions change nothing, and
+    /// save the frame.
+    fn see(&mut self, draft: &mut Draft, state: &mut State) -> Result<Observation, Next> {
+        self.user.phase(draft.step, "settle + capture");
         let observed = match observe(
             self.screen,
             self.monitor,
@@ -291,57 +311,77 @@ impl Context<'_, '_> {
             Ok(o) => o,
             Err(e) => {
                 let message = format!("cannot see the screen: {e}");
-                let _ = self.recorder.step(&record(Outcome::Error {
+                let _ = self.recorder.step(&draft.record(Outcome::Error {
                     stage: "screen".into(),
                     error: e.to_string(),
                 }));
-                return end(1, "error", message);
+                return Err(end(1, RunStatus::Error, message));
             }
         };
-        let observe_total = step_started.elapsed();
-        timings.settle_ms = ms(observed.settle_time);
-        timings.observe_ms = ms(observe_total.saturating_sub(observed.settle_time));
-        let settled = observed.settle_time < self.options.settle.timeout;
+        let observe_total = draft.started.elapsed();
+        draft.timings.settle_ms = ms(observed.settle_time);
+        draft.timings.observe_ms = ms(observe_total.saturating_sub(observed.settle_time));
+        draft.settled = observed.settled;
         if std::mem::take(&mut state.acted) {
-            let before = state.frames.last().map(|f| &f.image);
-            if before == Some(&observed.frame.image) {
+            // The same tolerance as settling: a blinking caret is not a change.
+            let same = state.frames.last().is_some_and(|before| {
+                changed_fraction(before, &observed.frame)
+                    <= self.options.settle.max_changed_fraction
+            });
+            if same {
                 state.unchanged += 1;
             } else {
                 state.unchanged = 0;
             }
         }
         if state.unchanged >= self.options.guards.unchanged {
-            return end(
+            return Err(end(
                 1,
-                "guard",
+                RunStatus::Guard,
                 format!(
                     "the screen did not change after {} actions in a row; the model seems stuck",
                     state.unchanged
                 ),
-            );
+            ));
         }
         if let Some(reason) = self.aborted() {
-            return self.abort_now(
+            return Err(self.abort_now(
                 reason,
-                record(Outcome::Aborted {
+                draft.record(Outcome::Aborted {
                     reason: reason.to_string(),
                 }),
-            );
+            ));
         }
         let record_started = Instant::now();
-        let frame_file = match self.recorder.frame(step, &observed.frame.image) {
+        let file = match self.recorder.frame(draft.step, &observed.frame.image) {
             Ok(name) => name,
-            Err(e) => return end(1, "error", format!("cannot record the frame: {e}")),
+            Err(e) => {
+                return Err(end(
+                    1,
+                    RunStatus::Error,
+                    format!("cannot record the frame: {e}"),
+                ));
+            }
         };
-        let mut record_ms = ms(record_started.elapsed());
-
-        // Think.
-        self.user.phase(step, "model");
-        let prompt_started = Instant::now();
-        let frame = Some(FrameRecord {
-            file: frame_file,
+        draft.record_ms += ms(record_started.elapsed());
+        draft.frame = Some(FrameRecord {
+            file,
             map: observed.frame.map.clone(),
         });
+        Ok(observed)
+    }
+
+    /// Think: the prompt (the task, the history, the latest frames) and the model's reply. A
+    /// reply that cannot be used is recorded and told to the model in the next step.
+    fn think(
+        &mut self,
+        draft: &mut Draft,
+        state: &mut State,
+        observed: Observation,
+    ) -> Result<Reply, Next> {
+        let step = draft.step;
+        self.user.phase(step, "model");
+        let prompt_started = Instant::now();
         state.frames.push(observed.frame);
         let keep = self.options.images.max(1);
         if state.frames.len() > keep {
@@ -350,7 +390,7 @@ impl Context<'_, '_> {
         }
         let (current, earlier) = match state.frames.split_last() {
             Some(split) => split,
-            None => return end(1, "error", "no frame to show the model"),
+            None => return Err(end(1, RunStatus::Error, "no frame to show the model")),
         };
         let prompt = Prompt {
             system: self.options.system_prompt.clone(),
@@ -359,118 +399,93 @@ impl Context<'_, '_> {
             earlier_frames: earlier.iter().collect(),
             frame: current,
         };
-        timings.prompt_ms = ms(prompt_started.elapsed());
+        draft.timings.prompt_ms = ms(prompt_started.elapsed());
         let model_started = Instant::now();
         let reply = self.backend.reply(&prompt);
-        timings.model_ms = ms(model_started.elapsed());
-        let reply = match reply {
-            Ok(reply) => reply,
-            Err(e) => {
-                state.model_errors += 1;
-                // The error may quote the raw reply, which may hold what a detector flags.
-                let e = self.policy.redact(&e.to_string());
-                state
-                    .history
-                    .push(format!("Step {step}: your reply could not be used: {e}"));
-                let mut rec = record(Outcome::Error {
-                    stage: "model".into(),
-                    error: e.clone(),
-                });
-                rec.frame = frame;
-                rec.settled = settled;
-                timings.total_ms = ms(step_started.elapsed());
-                rec.timings = timings;
-                if let Err(e) = self.recorder.step(&rec) {
-                    return end(1, "error", format!("cannot record step {step}: {e}"));
-                }
-                self.user
-                    .step_done(&format!("step {step}: the model failed: {}", printable(&e)));
-                if state.model_errors >= self.options.guards.model_errors {
-                    return end(
-                        1,
-                        "guard",
-                        format!(
-                            "the model failed {} times in a row: {}",
-                            state.model_errors,
-                            printable(&e)
-                        ),
-                    );
-                }
-                return Next::Continue;
-            }
-        };
-        state.model_errors = 0;
+        draft.timings.model_ms = ms(model_started.elapsed());
+        // An abort stops the model mid-reply; that is the abort, not a model failure.
         if let Some(reason) = self.aborted() {
-            return self.abort_now(
+            return Err(self.abort_now(
                 reason,
-                record(Outcome::Aborted {
+                draft.record(Outcome::Aborted {
                     reason: reason.to_string(),
                 }),
-            );
+            ));
         }
-        let action = reply.action.clone();
-
-        // Check.
-        self.user.phase(step, "policy");
-        let policy_started = Instant::now();
-        let seen = self.windows_reached(&action, observed.active_window.clone());
-        let mut request = seen.request(&action, self.monitors);
-        let mut decision = self.policy.check(&request);
-        timings.policy_ms = ms(policy_started.elapsed());
-
-        // Act.
-        let mut answer = None;
-        let ask_started = Instant::now();
-        let verdict = match decision.decision {
-            Verdict::Ask => {
-                self.user.phase(step, "waiting for you");
-                match self.resolve_ask(&request, &decision) {
-                    Ok((verdict, given)) => {
-                        answer = Some(given);
-                        verdict
-                    }
-                    Err(reason) => {
-                        let mut rec = record(Outcome::Aborted {
-                            reason: reason.to_string(),
-                        });
-                        rec.decision = Some(decision);
-                        return self.abort_now(reason, rec);
-                    }
-                }
+        let e = match reply {
+            Ok(reply) => {
+                state.model_errors = 0;
+                return Ok(reply);
             }
-            other => other,
+            Err(e) => e,
         };
+        state.model_errors += 1;
+        // The error may quote the raw reply, which may hold what a detector flags.
+        let e = self.policy.redact(&e.to_string());
+        state.remember(format!("Step {step}: your reply could not be used: {e}"));
+        draft.timings.total_ms = ms(draft.started.elapsed());
+        let rec = draft.record(Outcome::Error {
+            stage: "model".into(),
+            error: e.clone(),
+        });
+        if let Err(e) = self.recorder.step(&rec) {
+            return Err(end(
+                1,
+                RunStatus::Error,
+                format!("cannot record step {step}: {e}"),
+            ));
+        }
+        self.user
+            .step_done(&format!("step {step}: the model failed: {}", printable(&e)));
+        if state.model_errors >= self.options.guards.model_errors {
+            return Err(end(
+                1,
+                RunStatus::Guard,
+                format!(
+                    "the model failed {} times in a row: {}",
+                    state.model_errors,
+                    printable(&e)
+                ),
+            ));
+        }
+        Err(Next::Continue)
+    }
 
+    /// Check: the policy decides for the windows the action reaches, the person (or `--yes`)
+    /// answers an ask, and just before acting a second look at those windows decides again
+    /// if they changed.
+    fn check(
+        &mut self,
+        draft: &mut Draft,
+        action: &Action,
+        active: Option<ActiveWindow>,
+    ) -> Result<Checked, Next> {
+        self.user.phase(draft.step, "policy");
+        let policy_started = Instant::now();
+        let seen = self.windows_reached(action, active);
+        let mut request = seen.request(action, self.monitors);
+        let mut decision = self.policy.check(&request);
+        draft.timings.policy_ms = ms(policy_started.elapsed());
+
+        let ask_started = Instant::now();
+        let (mut verdict, mut answer) = self.settle_ask(draft, &request, &decision)?;
         // Between the screenshot and now, decoding and a waiting ask may have taken seconds,
-        // and the focus or the windows under the pointer may have changed: look again, and if
-        // they did, decide again for the windows the input would reach now.
-        let mut verdict = verdict;
-        if verdict == Verdict::Allow && touches_desktop(&action) && !self.options.dry_run {
-            let now = self.windows_reached(&action, self.screen.active_window().ok().flatten());
+        // and the focus, the windows under the pointer or the clipboard may have changed:
+        // look again, and if they did, decide again for what the input would reach now.
+        if verdict == Verdict::Allow && touches_desktop(action) && !self.options.dry_run {
+            let now = self.windows_reached(action, self.screen.active_window().ok().flatten());
             if now.differs_from(&seen) {
-                request = now.request(&action, self.monitors);
+                request = now.request(action, self.monitors);
                 decision = self.policy.recheck(&request);
                 self.user.note(&format!(
-                    "step {step}: the windows changed before acting ({}); decided again: {}",
+                    "step {}: the windows changed before acting ({}); decided again: {}",
+                    draft.step,
                     now.describe(),
                     decision.decision
                 ));
-                verdict = match decision.decision {
-                    Verdict::Ask => match self.resolve_ask(&request, &decision) {
-                        Ok((verdict, given)) => {
-                            answer = Some(given);
-                            verdict
-                        }
-                        Err(reason) => {
-                            let mut rec = record(Outcome::Aborted {
-                                reason: reason.to_string(),
-                            });
-                            rec.decision = Some(decision);
-                            return self.abort_now(reason, rec);
-                        }
-                    },
-                    other => other,
-                };
+                let (again, given) = self.settle_ask(draft, &request, &decision)?;
+                verdict = again;
+                answer = given.or(answer);
             }
         }
         request.detector_hits = decision
@@ -484,10 +499,56 @@ impl Context<'_, '_> {
             .copied()
             .filter(|i| *i != request.declared_intent)
             .collect();
-        timings.ask_ms = ms(ask_started.elapsed());
+        draft.timings.ask_ms = ms(ask_started.elapsed());
+        Ok(Checked {
+            request,
+            decision,
+            verdict,
+            answer,
+        })
+    }
 
+    /// The verdict on `decision`: its own, or, for an ask, the answer it got.
+    fn settle_ask(
+        &mut self,
+        draft: &Draft,
+        request: &Request,
+        decision: &Decision,
+    ) -> Result<(Verdict, Option<Answer>), Next> {
+        if decision.decision != Verdict::Ask {
+            return Ok((decision.decision, None));
+        }
+        self.user.phase(draft.step, "waiting for you");
+        match self.resolve_ask(request, decision) {
+            Ok((verdict, given)) => Ok((verdict, Some(given))),
+            Err(reason) => {
+                let mut rec = draft.record(Outcome::Aborted {
+                    reason: reason.to_string(),
+                });
+                rec.decision = Some(decision.clone());
+                Err(self.abort_now(reason, rec))
+            }
+        }
+    }
+
+    /// Act on the verdict, then record the step (redacted) and say whether the run goes on.
+    fn act_and_record(
+        &mut self,
+        mut draft: Draft,
+        state: &mut State,
+        reply: Reply,
+        checked: Checked,
+    ) -> Next {
+        let step = draft.step;
+        let Checked {
+            mut request,
+            decision,
+            verdict,
+            answer,
+        } = checked;
+        let action = &reply.action;
         let proposed_again =
-            state.last_proposed.as_ref() == Some(&action) && !matches!(action, Action::Wait { .. });
+            state.last_proposed.as_ref() == Some(action) && !matches!(action, Action::Wait { .. });
         state.repeated = if proposed_again {
             state.repeated + 1
         } else {
@@ -498,53 +559,54 @@ impl Context<'_, '_> {
         self.user.phase(step, "act");
         let act_started = Instant::now();
         let outcome = self
-            .act(&action, verdict, &decision, answer, state)
+            .act(action, verdict, &decision, answer, state)
             .redacted(|text| self.policy.redact(text));
-        timings.act_ms = ms(act_started.elapsed());
+        draft.timings.act_ms = ms(act_started.elapsed());
         if matches!(outcome, Outcome::Executed { .. }) {
             self.policy.executed(&request, &decision);
             state.acted = true;
         }
 
-        // Record.
         let record_started = Instant::now();
-        let redacted_action = self.redact_action(&action);
+        let redacted_action = self.redact_action(action);
         request.action = redacted_action.clone();
         request.pasted = request.pasted.as_deref().map(|t| self.policy.redact(t));
+        let thought = reply.thought.as_deref().map(|t| self.policy.redact(t));
         let summary = summary_line(
             step,
             &redacted_action,
             &decision,
             verdict,
             &outcome,
-            &timings,
+            &draft.timings,
         );
-        state.history.push(history_line(
+        state.remember(history_line(
             step,
-            reply.thought.as_deref().map(|t| self.policy.redact(t)),
+            thought.clone(),
             &redacted_action,
             &decision,
             &outcome,
         ));
         let ended = self.ending(&outcome, state);
-        let mut rec = record(outcome);
-        rec.frame = frame;
-        rec.settled = settled;
+        draft.record_ms += ms(record_started.elapsed());
+        draft.timings.record_ms = draft.record_ms;
+        draft.timings.total_ms = ms(draft.started.elapsed());
+        let mut rec = draft.record(outcome);
         rec.model = Some(ModelRecord {
             raw: self.policy.redact(&reply.raw),
-            thought: reply.thought.as_deref().map(|t| self.policy.redact(t)),
+            thought,
             timings: reply.timings.clone(),
         });
         rec.action = Some(redacted_action);
         rec.request = Some(request);
         rec.decision = Some(decision);
         rec.answer = answer;
-        record_ms += ms(record_started.elapsed());
-        timings.record_ms = record_ms;
-        timings.total_ms = ms(step_started.elapsed());
-        rec.timings = timings;
         if let Err(e) = self.recorder.step(&rec) {
-            return end(1, "error", format!("cannot record step {step}: {e}"));
+            return end(
+                1,
+                RunStatus::Error,
+                format!("cannot record step {step}: {e}"),
+            );
         }
         self.user.step_done(&summary);
         ended
@@ -686,10 +748,12 @@ impl Context<'_, '_> {
     fn ending(&mut self, outcome: &Outcome, state: &State) -> Next {
         let guards = &self.options.guards;
         match outcome {
-            Outcome::Done { summary } => end(0, "done", format!("done: {}", printable(summary))),
+            Outcome::Done { summary } => {
+                end(0, RunStatus::Done, format!("done: {}", printable(summary)))
+            }
             Outcome::Failed { reason } => end(
                 1,
-                "failed",
+                RunStatus::Failed,
                 format!("the model gave up: {}", printable(reason)),
             ),
             Outcome::Asked {
@@ -697,7 +761,7 @@ impl Context<'_, '_> {
                 answer: None,
             } => end(
                 1,
-                "failed",
+                RunStatus::Failed,
                 format!(
                     "the model asked \"{}\" and nobody could answer",
                     printable(question)
@@ -705,11 +769,15 @@ impl Context<'_, '_> {
             ),
             Outcome::Aborted { reason } => {
                 self.hands.release_all();
-                end(ABORT_EXIT_CODE, "aborted", format!("aborted: {reason}"))
+                end(
+                    ABORT_EXIT_CODE,
+                    RunStatus::Aborted,
+                    format!("aborted: {reason}"),
+                )
             }
             _ if state.refusals >= guards.refusals => end(
                 1,
-                "guard",
+                RunStatus::Guard,
                 format!(
                     "the model proposed {} refused actions in a row; stopping rather than probing the policy",
                     state.refusals
@@ -717,7 +785,7 @@ impl Context<'_, '_> {
             ),
             _ if state.repeated >= guards.repeats => end(
                 1,
-                "guard",
+                RunStatus::Guard,
                 format!(
                     "the model proposed the same action {} times in a row",
                     state.repeated
@@ -733,7 +801,11 @@ impl Context<'_, '_> {
             reason: reason.to_string(),
         };
         let _ = self.recorder.step(&record);
-        end(ABORT_EXIT_CODE, "aborted", format!("aborted: {reason}"))
+        end(
+            ABORT_EXIT_CODE,
+            RunStatus::Aborted,
+            format!("aborted: {reason}"),
+        )
     }
 
     /// The action with everything the model wrote passed through the detectors.
@@ -753,6 +825,58 @@ impl Context<'_, '_> {
             other => other.clone(),
         }
     }
+}
+
+/// What one step has gathered so far; every way out of the step records it.
+struct Draft {
+    step: u32,
+    at: String,
+    started: Instant,
+    timings: StepTimings,
+    frame: Option<FrameRecord>,
+    settled: bool,
+    /// Time spent recording (the frame, the step line).
+    record_ms: f64,
+}
+
+impl Draft {
+    fn new(step: u32) -> Draft {
+        Draft {
+            step,
+            at: now_rfc3339(),
+            started: Instant::now(),
+            timings: StepTimings::default(),
+            frame: None,
+            settled: false,
+            record_ms: 0.0,
+        }
+    }
+
+    /// The step's record with `outcome` and what the step gathered; the caller adds the model,
+    /// the action and the decision where the step got that far.
+    fn record(&self, outcome: Outcome) -> StepRecord {
+        StepRecord {
+            step: self.step,
+            at: self.at.clone(),
+            frame: self.frame.clone(),
+            settled: self.settled,
+            timings: self.timings.clone(),
+            model: None,
+            action: None,
+            request: None,
+            decision: None,
+            answer: None,
+            outcome,
+        }
+    }
+}
+
+/// A decided action: what the policy saw and said, and what the person answered.
+struct Checked {
+    request: Request,
+    decision: Decision,
+    verdict: Verdict,
+    answer: Option<Answer>,
 }
 
 /// Whether an action would touch the desktop (and so could reach another window than the one
@@ -866,4 +990,197 @@ fn summary_line(
         "step {step}: {action} -> {verdict} ({by}), {outcome} | settle {:.0} ms, capture {:.0} ms, model {:.0} ms, policy {:.2} ms, act {:.0} ms",
         t.settle_ms, t.observe_ms, t.model_ms, t.policy_ms, t.act_ms
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::input::{AbortSignal, Performed};
+    use crate::model::{ModelError, Reply, Timings};
+    use crate::policy::{Checker, Layer, PolicyEngine};
+    use crate::screen::{FrameMap, ScreenError, ScreenPoint};
+    use crate::trace::{RunEnd, RunStart, TraceError};
+
+    fn monitor() -> MonitorInfo {
+        MonitorInfo {
+            index: 0,
+            name: "m".into(),
+            x: 0,
+            y: 0,
+            width: 200,
+            height: 200,
+            scale_factor: 1.0,
+            primary: true,
+        }
+    }
+
+    /// A screen that never changes except for a blinking two-pixel caret.
+    struct BlinkingCaret {
+        captures: u32,
+    }
+
+    impl Screen for BlinkingCaret {
+        fn monitors(&self) -> Result<Vec<MonitorInfo>, ScreenError> {
+            Ok(vec![monitor()])
+        }
+        fn capture(&mut self, m: &MonitorInfo, _: FrameTarget) -> Result<Frame, ScreenError> {
+            self.captures += 1;
+            let mut image = image::RgbImage::new(200, 200);
+            if self.captures.is_multiple_of(2) {
+                image.put_pixel(50, 50, image::Rgb([255, 255, 255]));
+                image.put_pixel(50, 51, image::Rgb([255, 255, 255]));
+            }
+            Ok(Frame {
+                image,
+                map: FrameMap::new(m, 200, 200),
+            })
+        }
+        fn active_window(&self) -> Result<Option<ActiveWindow>, ScreenError> {
+            Ok(None)
+        }
+        fn window_at(&self, _: ScreenPoint) -> Result<Option<ActiveWindow>, ScreenError> {
+            Ok(None)
+        }
+        fn selection_text(
+            &self,
+            _: crate::input::Selection,
+        ) -> Result<Option<String>, ScreenError> {
+            Ok(None)
+        }
+    }
+
+    /// Clicks somewhere new every step, so the repeat guard never fires.
+    struct Clicker {
+        step: i32,
+    }
+
+    impl Backend for Clicker {
+        fn reply(&mut self, _: &Prompt<'_>) -> Result<Reply, ModelError> {
+            self.step += 1;
+            let action = Action::Click {
+                x: 20 + self.step,
+                y: 20,
+                button: Default::default(),
+            };
+            Ok(Reply {
+                raw: action.to_json(),
+                thought: None,
+                action,
+                timings: Timings::default(),
+            })
+        }
+    }
+
+    struct NoHands;
+
+    impl Hands for NoHands {
+        fn perform(&mut self, action: &Action) -> Result<Performed, InputError> {
+            Ok(Performed {
+                action: action.clone(),
+                monitor: Some(0),
+                events: 2,
+                elapsed_ms: 0.0,
+            })
+        }
+        fn release_all(&mut self) -> usize {
+            0
+        }
+        fn set_deadline(&mut self, _: Option<Instant>) {}
+    }
+
+    struct NoTrace;
+
+    impl Recorder for NoTrace {
+        fn start(&mut self, _: &RunStart) -> Result<(), TraceError> {
+            Ok(())
+        }
+        fn frame(&mut self, _: u32, _: &image::RgbImage) -> Result<String, TraceError> {
+            Ok("frame.png".into())
+        }
+        fn step(&mut self, _: &StepRecord) -> Result<(), TraceError> {
+            Ok(())
+        }
+        fn end(&mut self, _: &RunEnd) -> Result<(), TraceError> {
+            Ok(())
+        }
+        fn dir(&self) -> Option<&Path> {
+            None
+        }
+    }
+
+    #[test]
+    fn a_blinking_caret_does_not_hide_a_stuck_model() {
+        let engine = PolicyEngine::from_sources(vec![(
+            Layer::User,
+            PathBuf::from("p.toml"),
+            "schema_version = 1\npreset = \"permissive\"\n".into(),
+        )])
+        .unwrap();
+        let mut policy = Checker::new(engine, None);
+        let options = RunOptions {
+            task: "click".into(),
+            system_prompt: String::new(),
+            images: 1,
+            dry_run: false,
+            yes: false,
+            frame_target: FrameTarget::Original,
+            settle: SettleOptions {
+                interval: Duration::from_millis(1),
+                ..SettleOptions::default()
+            },
+            guards: Guards {
+                max_steps: 20,
+                unchanged: 3,
+                ..Guards::default()
+            },
+            engine: "test".into(),
+            policy: "permissive".into(),
+        };
+        let result = run(
+            &options,
+            Stages {
+                screen: &mut BlinkingCaret { captures: 0 },
+                monitor: monitor(),
+                monitors: vec![monitor()],
+                backend: &mut Clicker { step: 0 },
+                policy: &mut policy,
+                hands: &mut NoHands,
+                recorder: &mut NoTrace,
+                user: &mut Unattended,
+                abort: AbortSignal::new(),
+            },
+        );
+        assert_eq!(result.status, RunStatus::Guard, "{result:?}");
+        assert!(result.message.contains("did not change"), "{result:?}");
+        assert!(result.steps <= 5, "{result:?}");
+    }
+
+    fn empty_state() -> State {
+        State {
+            history: Vec::new(),
+            frames: Vec::new(),
+            last_proposed: None,
+            repeated: 0,
+            unchanged: 0,
+            refusals: 0,
+            model_errors: 0,
+            acted: false,
+        }
+    }
+
+    #[test]
+    fn the_history_keeps_only_its_latest_lines() {
+        let mut state = empty_state();
+        for step in 1..=HISTORY_LINES + 20 {
+            state.remember(format!("Step {step}"));
+        }
+        assert_eq!(state.history.len(), HISTORY_LINES);
+        assert_eq!(state.history[0], "Step 21");
+        assert_eq!(
+            state.history.last().map(String::as_str),
+            Some(format!("Step {}", HISTORY_LINES + 20).as_str())
+        );
+    }
 }

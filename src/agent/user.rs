@@ -2,11 +2,12 @@
 //! progress line per step.
 
 use std::io::{BufRead, IsTerminal, Write};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::input::Action;
+use crate::input::{AbortSignal, Action};
 use crate::policy::{Answer, Decision, Intent, Layer, Request};
 use crate::trace::printable;
 
@@ -37,6 +38,11 @@ pub trait User {
 pub struct TerminalUser {
     bar: Option<ProgressBar>,
     interactive: bool,
+    /// The run's abort switch: a prompt that is waiting gives up when it flips.
+    abort: Option<AbortSignal>,
+    /// Lines read from stdin by a thread of their own, so that waiting for an answer can
+    /// notice an abort; started at the first prompt.
+    lines: Option<Receiver<Option<String>>>,
 }
 
 impl TerminalUser {
@@ -53,6 +59,53 @@ impl TerminalUser {
         TerminalUser {
             bar,
             interactive: std::io::stdin().is_terminal(),
+            abort: None,
+            lines: None,
+        }
+    }
+
+    /// Lets a waiting prompt end when `abort` is triggered (Ctrl-C, the corner failsafe).
+    pub fn with_abort(mut self, abort: AbortSignal) -> TerminalUser {
+        self.abort = Some(abort);
+        self
+    }
+
+    fn aborted(&self) -> bool {
+        self.abort.as_ref().is_some_and(|a| a.reason().is_some())
+    }
+
+    /// The next line from stdin, or `None` at its end or when the run is aborted meanwhile.
+    fn read_line(&mut self) -> Option<String> {
+        let lines = self.lines.get_or_insert_with(|| {
+            let (tx, rx) = channel();
+            let _ = std::thread::Builder::new()
+                .name("deskhand-stdin".into())
+                .spawn(move || {
+                    loop {
+                        let mut line = String::new();
+                        let read = std::io::stdin().lock().read_line(&mut line);
+                        let line = match read {
+                            Ok(0) | Err(_) => None,
+                            Ok(_) => Some(line.trim().to_owned()),
+                        };
+                        let done = line.is_none();
+                        if tx.send(line).is_err() || done {
+                            return;
+                        }
+                    }
+                });
+            rx
+        });
+        loop {
+            match lines.recv_timeout(Duration::from_millis(50)) {
+                Ok(line) => return line,
+                Err(RecvTimeoutError::Disconnected) => return None,
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.abort.as_ref().is_some_and(|a| a.reason().is_some()) {
+                        return None;
+                    }
+                }
+            }
         }
     }
 
@@ -63,17 +116,14 @@ impl TerminalUser {
         }
     }
 
-    fn prompt(&self, text: &str) -> Option<String> {
-        let read = || {
+    fn prompt(&mut self, text: &str) -> Option<String> {
+        let bar = self.bar.clone();
+        let mut read = || {
             eprint!("{text}");
             let _ = std::io::stderr().flush();
-            let mut line = String::new();
-            match std::io::stdin().lock().read_line(&mut line) {
-                Ok(0) | Err(_) => None,
-                Ok(_) => Some(line.trim().to_owned()),
-            }
+            self.read_line()
         };
-        match &self.bar {
+        match bar {
             Some(bar) => bar.suspend(read),
             None => read(),
         }
@@ -120,6 +170,9 @@ impl User for TerminalUser {
         let always = decision.rememberable && !decision.session_only;
         loop {
             let Some(answer) = self.prompt(&question) else {
+                if self.aborted() {
+                    return UserAnswer::Abort;
+                }
                 return UserAnswer::Answer(Answer::Deny);
             };
             let picked = match answer.to_lowercase().as_str() {

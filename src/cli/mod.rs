@@ -308,20 +308,14 @@ fn screenshot(display: Option<&str>, args: &ScreenshotArgs) -> Result<(), Failur
     Ok(())
 }
 
-/// Write next to the destination and rename, so a crash never leaves a half-written PNG
-/// under the requested name.
+/// Written atomically, so a crash never leaves a half-written PNG under the requested name.
 fn write_png_atomically(image: &image::RgbImage, path: &Path) -> Result<(), Failure> {
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| bad_input(anyhow!("{} is not a file name", path.display())))?;
-    let mut tmp_name = file_name.to_os_string();
-    tmp_name.push(".partial");
-    let tmp = path.with_file_name(tmp_name);
-    image
-        .save_with_format(&tmp, image::ImageFormat::Png)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+    crate::files::write_atomically(path, |file| {
+        image
+            .write_to(&mut std::io::BufWriter::new(file), image::ImageFormat::Png)
+            .map_err(std::io::Error::other)
+    })
+    .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 

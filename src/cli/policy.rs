@@ -1,7 +1,6 @@
 //! `deskhand policy ...`: write, check, explain and replay the policy, and manage grants.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow};
@@ -145,16 +144,9 @@ fn init(path: &Path, preset: Preset, force: bool) -> Result<(), Failure> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the directory {}", dir.display()))?;
     }
-    // A temporary file renamed into place: an interrupted init never leaves half a policy,
-    // which would lock deskhand.
-    let tmp = path.with_extension("toml.tmp");
-    let write = || -> std::io::Result<()> {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(starter_policy(preset).as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().with_context(|| format!("cannot write {}", path.display()))?;
+    // Atomically: an interrupted init never leaves half a policy, which would lock deskhand.
+    crate::files::write_bytes_atomically(path, starter_policy(preset).as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
     println!(
         "wrote {} (preset {preset}); edit it, then run `deskhand policy check`",
         path.display()

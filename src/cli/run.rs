@@ -1,9 +1,7 @@
 //! `deskhand run "TASK"`: the main job. Wires the real stages together and hands them to the
 //! loop in `crate::agent`. Opens no network sockets: models come from disk only.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::anyhow;
@@ -14,17 +12,19 @@ use crate::agent::{
 };
 use crate::cli::{Failure, bad_input};
 use crate::input::{
-    ABORT_EXIT_CODE, AbortReason, AbortSignal, EnigoDevice, Executor, Hands, exit_on_signals,
-    in_corner_zone,
+    AbortReason, AbortSignal, EnigoDevice, Executor, Hands, Releaser, in_corner_zone,
+    stop_on_signals,
 };
 use crate::model::Backend;
 use crate::model::compat::{check_pair, guess_family};
 use crate::model::family::FamilyId;
 use crate::model::llama::{EngineConfig, LlamaEngine};
 use crate::model::store::{Catalog, InstalledModel, Source, Store, StoreConfig};
-use crate::policy::{Checker, GrantStore, PolicyEngine, PolicyPaths};
+use crate::policy::{
+    Checker, GrantStore, PolicyEngine, PolicyPaths, SEEN_FILE, changed_since_last_run,
+};
 use crate::screen::{FrameTarget, Screen, SettleOptions, X11Screen};
-use crate::trace::{Recorder, RunEnd, TraceLine, TraceWriter, now_rfc3339, runs_dir};
+use crate::trace::{TraceWriter, runs_dir};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -130,6 +130,21 @@ pub fn run(args: &RunArgs, display: Option<&str>) -> Result<(), Failure> {
     for note in engine.notes() {
         eprintln!("note: {note}");
     }
+    // Said at every start, so that an edit nobody meant (or one the agent got past the floor)
+    // does not pass unnoticed.
+    let seen = paths.grants.with_file_name(SEEN_FILE);
+    let policy_files: Vec<PathBuf> = paths.system.iter().chain([&paths.user]).cloned().collect();
+    match changed_since_last_run(&seen, &policy_files) {
+        Ok(changed) => {
+            for change in changed {
+                eprintln!("note: {change}");
+            }
+        }
+        Err(e) => eprintln!(
+            "note: cannot tell which policy files changed since the last run ({}: {e})",
+            seen.display()
+        ),
+    }
     let policy_label = engine
         .files()
         .iter()
@@ -137,6 +152,7 @@ pub fn run(args: &RunArgs, display: Option<&str>) -> Result<(), Failure> {
         .collect::<Vec<_>>()
         .join(", ");
     let mut checker = Checker::new(engine, Some(GrantStore::new(&paths.grants)));
+    let abort = AbortSignal::new();
 
     // The engine: a script, or a model from disk.
     let loaded;
@@ -163,6 +179,8 @@ pub fn run(args: &RunArgs, display: Option<&str>) -> Result<(), Failure> {
             eprintln!("loading {label}...");
             loaded = LlamaEngine::load(config)?;
             session = loaded.session()?;
+            // The loop stops between prompt chunks and tokens when the run is aborted.
+            session.set_abort(abort.clone());
             (
                 &mut session,
                 loaded.family().system_prompt().to_owned(),
@@ -175,36 +193,16 @@ pub fn run(args: &RunArgs, display: Option<&str>) -> Result<(), Failure> {
     let mut screen = X11Screen::connect(display)?;
     let monitors = screen.monitors()?;
     let monitor = screen.monitor(args.monitor)?;
-    let abort = AbortSignal::new();
     let device = EnigoDevice::connect(display)?;
     let mut hands = Executor::new(device, monitors.clone(), abort.clone(), !args.no_failsafe);
     let mut recorder = TraceWriter::create(&runs_dir()?)?;
-    let trace_path = recorder
-        .dir()
-        .map(|d| d.join("trace.jsonl"))
-        .unwrap_or_default();
 
-    // Ctrl-C, SIGTERM and the corner failsafe stop the process from their own threads, even
-    // mid-decode: release everything held, note the abort in the trace, exit 130.
-    let release = hands.releaser();
-    let stop: Arc<dyn Fn(AbortReason) -> usize + Send + Sync> = {
-        let trace_path = trace_path.clone();
-        Arc::new(move |reason: AbortReason| {
-            let released = release();
-            append_abort(&trace_path, reason);
-            released
-        })
-    };
-    {
-        let stop = stop.clone();
-        let signal = abort.clone();
-        exit_on_signals(
-            abort.clone(),
-            Arc::new(move || stop(signal.reason().unwrap_or(AbortReason::Interrupt))),
-        )?;
-    }
+    // Ctrl-C, SIGTERM and the corner failsafe act from their own threads, even mid-decode:
+    // they release everything held and signal. The loop notices, and its one trace writer
+    // ends the trace, saves the queued frames and writes the report; the exit code is 130.
+    stop_on_signals(abort.clone(), hands.releaser())?;
     if !args.no_failsafe {
-        watch_corners(display, monitors.clone(), abort.clone(), stop.clone());
+        watch_corners(display, monitors.clone(), abort.clone(), hands.releaser());
     }
 
     let options = RunOptions {
@@ -229,7 +227,7 @@ pub fn run(args: &RunArgs, display: Option<&str>) -> Result<(), Failure> {
             policy_label
         },
     };
-    let mut user = TerminalUser::new();
+    let mut user = TerminalUser::new().with_abort(abort.clone());
     let result = agent::run(
         &options,
         Stages {
@@ -373,60 +371,38 @@ fn installed_config(
     (config, installed.name.clone(), installed.name)
 }
 
-/// Appends the abort to the trace from whatever thread noticed it. One `write` of a short line
-/// to a file opened for appending lands whole after the loop's own lines.
-fn append_abort(trace: &Path, reason: AbortReason) {
-    // This thread does not know the loop's step count; the trace does.
-    let steps = std::fs::read_to_string(trace).map_or(0, |text| {
-        text.lines()
-            .filter(|l| l.starts_with(r#"{"record":"step""#))
-            .count()
-    });
-    let line = TraceLine::End(RunEnd {
-        ended: now_rfc3339(),
-        steps: u32::try_from(steps).unwrap_or(u32::MAX),
-        exit_code: ABORT_EXIT_CODE,
-        status: "aborted".into(),
-        message: format!("aborted: {reason}"),
-    });
-    let Ok(mut text) = serde_json::to_string(&line) else {
-        return;
-    };
-    text.push('\n');
-    if let Ok(mut file) = std::fs::OpenOptions::new().append(true).open(trace) {
-        let _ = file.write_all(text.as_bytes());
-        let _ = file.sync_data();
-    }
-}
-
 /// Polls the real pointer every 50 ms on a connection of its own, so parking it in a screen
-/// corner stops the run even while the model is decoding.
+/// corner stops the run even while the model is decoding. A watcher that loses its X
+/// connection ends the run too: a failsafe that silently stopped watching is worse than none.
 fn watch_corners(
     display: Option<&str>,
     monitors: Vec<crate::screen::MonitorInfo>,
     abort: AbortSignal,
-    stop: Arc<dyn Fn(AbortReason) -> usize + Send + Sync>,
+    release: Releaser,
 ) {
     let display = display.map(str::to_owned);
     let spawned = std::thread::Builder::new()
         .name("deskhand-corners".into())
         .spawn(move || {
-            let Ok(screen) = X11Screen::connect(display.as_deref()) else {
-                return;
+            let stop = |reason: AbortReason, why: String| {
+                abort.trigger(reason);
+                let released = release();
+                eprintln!(
+                    "deskhand: {reason}{why}; released {released} held key(s)/button(s); stopping"
+                );
             };
-            loop {
+            let screen = match X11Screen::connect(display.as_deref()) {
+                Ok(screen) => screen,
+                Err(e) => return stop(AbortReason::FailsafeLost, format!(" ({e})")),
+            };
+            while abort.reason().is_none() {
                 std::thread::sleep(Duration::from_millis(50));
-                let Ok(pointer) = screen.pointer() else {
-                    return;
-                };
-                if in_corner_zone(&monitors, pointer) {
-                    abort.trigger(AbortReason::CornerFailsafe);
-                    let released = stop(AbortReason::CornerFailsafe);
-                    eprintln!(
-                        "deskhand: {}; released {released} held key(s)/button(s); exiting",
-                        AbortReason::CornerFailsafe
-                    );
-                    std::process::exit(ABORT_EXIT_CODE);
+                match screen.pointer() {
+                    Ok(pointer) if in_corner_zone(&monitors, pointer) => {
+                        return stop(AbortReason::CornerFailsafe, String::new());
+                    }
+                    Ok(_) => {}
+                    Err(e) => return stop(AbortReason::FailsafeLost, format!(" ({e})")),
                 }
             }
         });

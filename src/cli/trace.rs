@@ -116,7 +116,7 @@ fn list(json: bool) -> Result<(), Failure> {
                     row.task = start.task.clone();
                 }
                 TraceLine::Step(_) => row.steps += 1,
-                TraceLine::End(end) => row.status = end.status.clone(),
+                TraceLine::End(end) => row.status = end.status.to_string(),
             }
         }
         rows.push(row);

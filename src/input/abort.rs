@@ -21,6 +21,8 @@ pub enum AbortReason {
     CornerFailsafe,
     /// The user chose to abort at a prompt.
     User,
+    /// The corner failsafe's watcher lost its X connection, so the failsafe no longer works.
+    FailsafeLost,
 }
 
 impl fmt::Display for AbortReason {
@@ -30,6 +32,9 @@ impl fmt::Display for AbortReason {
             AbortReason::Terminate => "terminated (SIGTERM)",
             AbortReason::CornerFailsafe => "pointer parked in a screen corner (failsafe)",
             AbortReason::User => "aborted by the user",
+            AbortReason::FailsafeLost => {
+                "the corner failsafe lost its X connection and can no longer stop the run"
+            }
         })
     }
 }
@@ -62,11 +67,45 @@ impl AbortSignal {
     }
 }
 
+/// On SIGINT or SIGTERM during a run: trigger `signal` and release what `release` knows is
+/// held, then leave the stopping to the loop, which notices the signal between its stages,
+/// ends the trace once, writes the report and exits with 130. A second signal exits at once.
+/// The work runs on a thread of its own, so input is released even while the main thread is
+/// busy (capturing, or decoding a model's reply).
+pub fn stop_on_signals(signal: AbortSignal, release: Releaser) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    std::thread::Builder::new()
+        .name("deskhand-abort".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                let reason = if sig == SIGTERM {
+                    AbortReason::Terminate
+                } else {
+                    AbortReason::Interrupt
+                };
+                if signal.reason().is_some() {
+                    let released = release();
+                    eprintln!(
+                        "deskhand: {reason} again; released {released} held key(s)/button(s); exiting now"
+                    );
+                    std::process::exit(ABORT_EXIT_CODE);
+                }
+                signal.trigger(reason);
+                let released = release();
+                eprintln!(
+                    "deskhand: {reason}; released {released} held key(s)/button(s); stopping after the current stage (Ctrl-C again exits at once)"
+                );
+            }
+        })?;
+    Ok(())
+}
+
 /// Something that can release every held input from another thread.
 pub type Releaser = Arc<dyn Fn() -> usize + Send + Sync>;
 
 /// On SIGINT or SIGTERM: trigger `signal`, release what `release` knows is held, and exit the
-/// process with code 130. The work runs on a thread of its own, so it happens even while the
+/// process with code 130 (for single actions, which have no trace to end). The work runs on a thread of its own, so it happens even while the
 /// main thread is busy (capturing, or decoding a model's reply).
 pub fn exit_on_signals(signal: AbortSignal, release: Releaser) -> std::io::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};

@@ -66,6 +66,22 @@ pub enum InputError {
     },
     #[error("aborted: {0}; every held key and button was released")]
     Aborted(AbortReason),
+    #[error(
+        "{action} would take {planned_ms} ms of pauses alone; one action may take at most {} ms, so split it (fewer drag points, a shorter hold)",
+        MAX_ACTION_TIME.as_millis()
+    )]
+    TooLong {
+        action: &'static str,
+        planned_ms: u128,
+    },
+    #[error(
+        "{action} ran past {what} after {elapsed_ms} ms and was stopped; every held key and button was released"
+    )]
+    OutOfTime {
+        action: &'static str,
+        what: &'static str,
+        elapsed_ms: u128,
+    },
     #[error("input device failed during {action}: {error}; every held key and button was released")]
     Device {
         action: &'static str,
@@ -88,7 +104,16 @@ pub trait Hands {
     fn perform(&mut self, action: &Action) -> Result<Performed, InputError>;
     /// Release everything held; returns how many inputs were released.
     fn release_all(&mut self) -> usize;
+    /// The run's time limit: an action still running then is stopped and its input released.
+    fn set_deadline(&mut self, deadline: Option<Instant>);
 }
+
+/// The longest one action may take (a drag through many points, a held key): a model that
+/// asks for more is wrong, and held input must not outlast a moment.
+pub const MAX_ACTION_TIME: Duration = Duration::from_secs(15);
+/// How long the release path waits for the executor's lock before giving up on it (a device
+/// call stuck in the X server must not keep the abort from ending the process).
+const RELEASE_LOCK_WAIT: Duration = Duration::from_millis(500);
 
 /// Pixels of the failsafe zone around each outer corner of the desktop.
 pub const CORNER_MARGIN: i32 = 2;
@@ -249,6 +274,7 @@ pub struct Executor<D: InputDevice + 'static> {
     abort: AbortSignal,
     monitors: Vec<MonitorInfo>,
     failsafe: bool,
+    deadline: Option<Instant>,
 }
 
 impl<D: InputDevice + 'static> Executor<D> {
@@ -263,13 +289,36 @@ impl<D: InputDevice + 'static> Executor<D> {
             abort,
             monitors,
             failsafe,
+            deadline: None,
         }
     }
 
-    /// A handle that releases everything held, from any thread (the signal handler's).
+    /// A handle that releases everything held, from any thread (the signal handler's). It
+    /// waits at most `RELEASE_LOCK_WAIT` for the executor's lock, which a device call stuck
+    /// in the X server may hold; then it gives up and reports nothing released rather than
+    /// hang the abort.
     pub fn releaser(&self) -> Releaser {
         let shared = Arc::clone(&self.shared);
-        Arc::new(move || lock(&shared).release_all())
+        Arc::new(move || {
+            let started = Instant::now();
+            loop {
+                match shared.try_lock() {
+                    Ok(mut guard) => return guard.release_all(),
+                    Err(std::sync::TryLockError::Poisoned(p)) => {
+                        return p.into_inner().release_all();
+                    }
+                    Err(std::sync::TryLockError::WouldBlock) => {
+                        if started.elapsed() >= RELEASE_LOCK_WAIT {
+                            tracing::error!(
+                                "the input device is busy; could not release held input within {RELEASE_LOCK_WAIT:?}"
+                            );
+                            return 0;
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            }
+        })
     }
 
     pub fn held(&self) -> Vec<Held> {
@@ -319,14 +368,37 @@ impl<D: InputDevice + 'static> Executor<D> {
     }
 
     fn run_steps(&self, action: &Action, steps: &[Step]) -> Result<usize, InputError> {
+        let started = Instant::now();
+        let own_limit = started + MAX_ACTION_TIME;
+        let out_of_time = || {
+            let now = Instant::now();
+            let what = if now >= own_limit {
+                "the time one action may take"
+            } else if self.deadline.is_some_and(|d| now >= d) {
+                "the run's time limit"
+            } else {
+                return None;
+            };
+            Some(InputError::OutOfTime {
+                action: action.kind(),
+                what,
+                elapsed_ms: started.elapsed().as_millis(),
+            })
+        };
         let mut events = 0;
         for step in steps {
+            if let Some(error) = out_of_time() {
+                return Err(error);
+            }
             if let Step::Pause(duration) = step {
                 // Pauses do not hold the device, so the signal thread can always get in.
                 let until = Instant::now() + *duration;
                 loop {
                     if let Some(reason) = self.stop_reason(&mut lock(&self.shared)) {
                         return Err(InputError::Aborted(reason));
+                    }
+                    if let Some(error) = out_of_time() {
+                        return Err(error);
                     }
                     let now = Instant::now();
                     if now >= until {
@@ -356,6 +428,19 @@ impl<D: InputDevice + 'static> Hands for Executor<D> {
         action.validate()?;
         let monitor = self.check_points(action)?;
         let steps = plan(action)?;
+        let planned: Duration = steps
+            .iter()
+            .map(|s| match s {
+                Step::Pause(d) => *d,
+                _ => Duration::ZERO,
+            })
+            .sum();
+        if planned > MAX_ACTION_TIME {
+            return Err(InputError::TooLong {
+                action: action.kind(),
+                planned_ms: planned.as_millis(),
+            });
+        }
         let result = self.run_steps(action, &steps);
         // Whatever happened, nothing stays down. After a complete plan this releases nothing.
         let released = lock(&self.shared).release_all();
@@ -373,6 +458,10 @@ impl<D: InputDevice + 'static> Hands for Executor<D> {
 
     fn release_all(&mut self) -> usize {
         lock(&self.shared).release_all()
+    }
+
+    fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
     }
 }
 
@@ -523,6 +612,73 @@ mod tests {
     fn executor(fake: &Fake) -> Executor<Fake> {
         *fake.pointer.lock().unwrap() = ScreenPoint::new(640, 512);
         Executor::new(fake.clone(), monitors(), AbortSignal::new(), true)
+    }
+
+    #[test]
+    fn an_action_longer_than_the_cap_is_refused_before_anything_is_pressed() {
+        let fake = Fake::default();
+        let mut ex = executor(&fake);
+        // The review's drag: many points far apart held the button for 20 s.
+        let path: Vec<[i32; 2]> = (0..41)
+            .map(|i| if i % 2 == 0 { [100, 100] } else { [2400, 900] })
+            .collect();
+        let err = ex.perform(&Action::Drag { path }).unwrap_err();
+        assert!(matches!(err, InputError::TooLong { .. }), "{err}");
+        assert!(
+            fake.events().is_empty(),
+            "nothing may be pressed: {:?}",
+            fake.events()
+        );
+    }
+
+    #[test]
+    fn the_run_deadline_stops_an_action_under_way_and_releases_it() {
+        let fake = Fake::default();
+        let mut ex = executor(&fake);
+        ex.set_deadline(Some(Instant::now() + Duration::from_millis(100)));
+        let started = Instant::now();
+        let err = ex
+            .perform(&Action::HoldKey {
+                chord: "shift".into(),
+                ms: 3000,
+            })
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                InputError::OutOfTime {
+                    what: "the run's time limit",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(fake.still_down().is_empty());
+        assert!(ex.held().is_empty());
+    }
+
+    #[test]
+    fn releasing_does_not_wait_forever_on_a_stuck_device() {
+        let fake = Fake::default();
+        let ex = executor(&fake);
+        let release = ex.releaser();
+        let shared = Arc::clone(&ex.shared);
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        // A device call that never returns holds the executor's lock.
+        std::thread::spawn(move || {
+            let _guard = shared.lock().unwrap();
+            locked_tx.send(()).unwrap();
+            std::thread::sleep(Duration::from_secs(5));
+        });
+        locked_rx.recv().unwrap();
+        let started = Instant::now();
+        assert_eq!(release(), 0);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]

@@ -7,7 +7,9 @@ mod chord;
 mod enigo_device;
 mod executor;
 
-pub use abort::{ABORT_EXIT_CODE, AbortReason, AbortSignal, Releaser, exit_on_signals};
+pub use abort::{
+    ABORT_EXIT_CODE, AbortReason, AbortSignal, Releaser, exit_on_signals, stop_on_signals,
+};
 pub use action::{Action, ActionError, MouseButton, Selection};
 pub use chord::{Chord, ChordError, ChordKey, Modifier, NamedKey, text_keys};
 pub use enigo_device::EnigoDevice;

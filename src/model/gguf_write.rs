@@ -12,10 +12,8 @@
 //! tensor's data padded to the alignment. llama.cpp requires the offsets to be exactly the
 //! running padded sizes.
 
-use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// GGUF's default data alignment, also written as `general.alignment` by callers that want
 /// the file to say so itself.
@@ -263,32 +261,14 @@ impl GgufWriter {
         out
     }
 
-    /// Writes the file to `path` through a temporary file in the same folder, fsync'd and
-    /// renamed into place: a reader never sees half a file, and a crash leaves at most a
-    /// `*.tmp-*` file behind. `progress` gets the bytes written so far.
+    /// Writes the file to `path` atomically (`crate::files`): a reader never sees half a
+    /// file, and a crash leaves the old one or none. `progress` gets the bytes written so far.
     pub fn write_file(&self, path: &Path, progress: &mut dyn FnMut(u64)) -> io::Result<()> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let unique = NEXT.fetch_add(1, Ordering::Relaxed);
-        let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-        tmp_name.push(format!(".tmp-{}-{unique}", std::process::id()));
-        let tmp = path.with_file_name(tmp_name);
-        let result = (|| {
-            let file = File::create(&tmp)?;
+        crate::files::write_atomically(path, |file| {
             let mut out = BufWriter::with_capacity(1 << 20, file);
             self.write_to(&mut out, progress)?;
-            let file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, path)?;
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        })();
-        if result.is_err() {
-            // Best effort: the error that matters is the one returned.
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result
+            out.flush()
+        })
     }
 
     fn write_header(&self, out: &mut dyn Write) -> io::Result<u64> {

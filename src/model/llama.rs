@@ -30,6 +30,7 @@ use thiserror::Error;
 
 use super::family::{Family, FamilyId};
 use super::{Backend, ModelError, Prompt, Reply, Timings, ms};
+use crate::input::AbortSignal;
 use crate::screen::{Frame, FrameTarget};
 
 /// Where the engine's knobs come from (config file, CLI or tests).
@@ -189,10 +190,12 @@ pub fn system_info() -> String {
 }
 
 /// What mtmd reported for the images evaluated since the last [`take_image_times`]: how many
-/// it encoded, and the milliseconds it spent decoding their tokens into the KV cache (its own
-/// timer), which is prefill rather than encoding. The log is process-wide, so two sessions
-/// evaluating images at the same moment would share these counts.
+/// it encoded, the milliseconds its encoder took, and the milliseconds it spent decoding their
+/// tokens into the KV cache (its own timers; the decoding is prefill rather than encoding).
+/// The log is process-wide, so two sessions evaluating images at the same moment would share
+/// these counts.
 static IMAGE_DECODE_MS: AtomicU64 = AtomicU64::new(0);
+static IMAGE_ENCODE_MS: AtomicU64 = AtomicU64::new(0);
 static IMAGE_ENCODES: AtomicU64 = AtomicU64::new(0);
 static PRINT_LLAMA_LOG: AtomicBool = AtomicBool::new(false);
 
@@ -218,6 +221,9 @@ unsafe extern "C" fn mtmd_log(
     };
     if line.contains(" slice encoded in ") {
         IMAGE_ENCODES.fetch_add(1, Ordering::Relaxed);
+        if let Some(ms) = ms_after(" encoded in ") {
+            IMAGE_ENCODE_MS.fetch_add(ms, Ordering::Relaxed);
+        }
     } else if line.contains(" decoded (batch ")
         && let Some(ms) = ms_after(") in ")
     {
@@ -227,11 +233,22 @@ unsafe extern "C" fn mtmd_log(
 
 /// What mtmd reported since the last call, as (encoded slices, image-token decode ms), and
 /// starts counting again.
-fn take_image_times() -> (usize, f64) {
-    (
-        IMAGE_ENCODES.swap(0, Ordering::Relaxed) as usize,
-        IMAGE_DECODE_MS.swap(0, Ordering::Relaxed) as f64,
-    )
+fn take_image_times() -> ImageTimes {
+    ImageTimes {
+        encodes: IMAGE_ENCODES.swap(0, Ordering::Relaxed) as usize,
+        encode_ms: IMAGE_ENCODE_MS.swap(0, Ordering::Relaxed) as f64,
+        decode_ms: IMAGE_DECODE_MS.swap(0, Ordering::Relaxed) as f64,
+    }
+}
+
+/// What mtmd's log said about the images since the last look.
+struct ImageTimes {
+    /// Image slices encoded.
+    encodes: usize,
+    /// The encoder's own time for them.
+    encode_ms: f64,
+    /// Decoding their tokens into the cache.
+    decode_ms: f64,
 }
 
 /// llama.cpp's global state may be initialised only once per process.
@@ -402,6 +419,7 @@ impl LlamaEngine {
             cached_prefix: None,
             previous_text_tokens: 0,
             previous_frames: Vec::new(),
+            abort: None,
         })
     }
 }
@@ -472,6 +490,9 @@ pub struct LlamaSession<'e> {
     /// identities of its frames.
     previous_text_tokens: usize,
     previous_frames: Vec<u64>,
+    /// The run's abort switch, looked at between prompt pieces and between tokens (an image
+    /// encode, one call into llama.cpp, runs to its end).
+    abort: Option<AbortSignal>,
 }
 
 /// A frame's identity for [`Timings::new_tokens`]: a hash of its size and pixels.
@@ -489,6 +510,18 @@ pub struct Generated {
 }
 
 impl LlamaSession<'_> {
+    /// Stop generating, between prompt pieces and tokens, once `abort` is triggered.
+    pub fn set_abort(&mut self, abort: AbortSignal) {
+        self.abort = Some(abort);
+    }
+
+    fn check_abort(&self) -> Result<(), ModelError> {
+        match &self.abort {
+            Some(abort) if abort.reason().is_some() => Err(ModelError::Aborted),
+            _ => Ok(()),
+        }
+    }
+
     /// Forget the cached prefix, so the next step evaluates everything (the benchmark's
     /// full-recompute baseline).
     pub fn forget_prefix(&mut self) {
@@ -659,14 +692,21 @@ impl LlamaSession<'_> {
             )));
         }
         for (i, segment) in segments.iter().enumerate() {
+            self.check_abort()?;
             let (next, tokens) = self.eval_text(segment, n_past, false)?;
             n_past = next;
             timings.prefill_tokens += tokens;
             if let Some(frame) = frames.get(i).filter(|_| i + 1 < segments.len()) {
+                self.check_abort()?;
                 let image_started = Instant::now();
                 take_image_times();
                 let (next, tokens, image_tokens) = self.eval_image(frame, n_past)?;
-                let (encodes, decode_ms) = take_image_times();
+                let ImageTimes {
+                    encodes,
+                    encode_ms,
+                    decode_ms,
+                } = take_image_times();
+                timings.image_encoder_ms += encode_ms;
                 // The image's time, less the part mtmd reports for decoding its tokens into
                 // the cache, which is prefill; what remains is preprocessing and encoding.
                 let wall = ms(image_started.elapsed());
@@ -710,6 +750,7 @@ impl LlamaSession<'_> {
         let mut bytes = Vec::new();
         let mut batch = LlamaBatch::new(1, 1);
         while timings.decode_tokens < self.engine.config.max_reply_tokens {
+            self.check_abort()?;
             let forced = self.forced_tokens();
             if !forced.is_empty() {
                 // Text the grammar leaves no choice about goes in as one batch, unsampled.

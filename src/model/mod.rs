@@ -40,6 +40,10 @@ pub struct Prompt<'a> {
 pub struct Timings {
     /// Preparing and encoding the images (the vision tower and projector).
     pub image_encode_ms: f64,
+    /// The vision encoder alone, by llama.cpp's own timer (mtmd's "image slice encoded in"):
+    /// `image_encode_ms` less the preprocessing (resizing, normalizing) around it.
+    #[serde(default)]
+    pub image_encoder_ms: f64,
     /// Images run through the vision encoder for this step.
     #[serde(default)]
     pub image_encodes: usize,
@@ -90,6 +94,8 @@ pub enum ModelError {
         "the prompt needs {needed} tokens but the context holds {n_ctx}; raise n_ctx or lower the image budget"
     )]
     ContextFull { needed: usize, n_ctx: usize },
+    #[error("stopped: the run was aborted")]
+    Aborted,
 }
 
 /// The think stage's boundary.

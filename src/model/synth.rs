@@ -569,7 +569,10 @@ fn remove_leftovers(shape: &Shape, cache: &Path) {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with(&stem) && (name.contains(".partial") || name.contains(".tmp-")) {
+        let ours = name.starts_with(&stem) && (name.contains(".partial") || name.contains(".tmp-"));
+        // `crate::files` writes through temporary files of this shape.
+        let temporary = name.starts_with(".deskhand-") && name.ends_with(".partial");
+        if ours || temporary {
             let _ = std::fs::remove_file(entry.path());
         }
     }

@@ -9,7 +9,7 @@
 use std::collections::hash_map::DefaultHasher;
 use std::fs::{self, File, OpenOptions};
 use std::hash::{Hash, Hasher};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -319,57 +319,14 @@ impl GrantStore {
             })?
         };
         let text = format!("{HEADER}\n{body}");
-
-        // Through a symlink (dotfiles managers link such files) the rename must replace the
-        // target, not the link.
-        let target = fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone());
-        let tmp = sibling(&target, &format!(".tmp.{}", std::process::id()));
-        let written = write_synced(&tmp, text.as_bytes())
-            .map_err(|source| GrantError::Io {
-                path: tmp.clone(),
-                action: "write",
+        crate::files::write_bytes_atomically(&self.path, text.as_bytes()).map_err(|source| {
+            GrantError::Io {
+                path: self.path.clone(),
+                action: "replace",
                 source,
-            })
-            .and_then(|()| {
-                fs::rename(&tmp, &target).map_err(|source| GrantError::Io {
-                    path: target.clone(),
-                    action: "replace",
-                    source,
-                })
-            });
-        if let Err(e) = written {
-            // Best effort: the temp file is ours and useless now; the real error is `e`.
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
-        sync_dir(&target).map_err(|source| GrantError::Io {
-            path: target.parent().unwrap_or(Path::new(".")).to_path_buf(),
-            action: "sync the directory of",
-            source,
+            }
         })
     }
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut file = File::create(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
-}
-
-/// Makes the rename itself durable; without it a crash can bring the old file back.
-#[cfg(unix)]
-fn sync_dir(file: &Path) -> io::Result<()> {
-    let dir = match file.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    File::open(dir)?.sync_all()
-}
-
-// Windows cannot open a directory as a file; its rename is already flushed by the filesystem.
-#[cfg(not(unix))]
-fn sync_dir(_file: &Path) -> io::Result<()> {
-    Ok(())
 }
 
 fn sibling(path: &Path, suffix: &str) -> PathBuf {

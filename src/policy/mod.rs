@@ -19,6 +19,7 @@ mod infer;
 mod preset;
 mod request;
 mod rule;
+mod seen;
 #[cfg(test)]
 mod tests;
 
@@ -38,6 +39,7 @@ pub use grants::{Grant, GrantError, GrantScope, GrantStore};
 pub use infer::{infer_intents, infer_intents_after, shell_normal_form};
 pub use preset::{Preset, starter_policy};
 pub use request::{NormalizedPoint, Request, WindowRef};
+pub use seen::{Changed, SEEN_FILE, changed_since_last_run};
 
 /// What the policy says about one action. The order is strictness: `Allow < Ask < Deny`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -17,7 +17,7 @@ pub use frame::{
     Frame, FrameError, FrameMap, FrameTarget, MapError, ModelPoint, PixelOrder, PointFormat,
     RawCapture, ScreenPoint, TargetError,
 };
-pub use settle::{SettleOptions, Settled, wait_until_stable};
+pub use settle::{SettleOptions, Settled, changed_fraction, wait_until_stable};
 pub use x11::X11Screen;
 pub use xvfb::{VirtualDisplay, VirtualDisplayError};
 
@@ -63,6 +63,8 @@ pub struct Observation {
     pub frame: Frame,
     pub active_window: Option<ActiveWindow>,
     pub settle_time: Duration,
+    /// Whether the screen stopped changing before the settle timeout.
+    pub settled: bool,
 }
 
 /// Settle the screen, capture `monitor` for the model, and read the active window: the see
@@ -84,6 +86,7 @@ pub fn observe(
         frame: settled.frame,
         active_window: screen.active_window()?,
         settle_time: settled.elapsed,
+        settled: settled.stable,
     })
 }
 

@@ -82,7 +82,7 @@ pub fn wait_until_stable(
 }
 
 /// Share of pixels that differ between two frames (1.0 when their sizes differ).
-pub(crate) fn changed_fraction(a: &Frame, b: &Frame) -> f64 {
+pub fn changed_fraction(a: &Frame, b: &Frame) -> f64 {
     if a.image.dimensions() != b.image.dimensions() {
         return 1.0;
     }
@@ -139,6 +139,27 @@ mod tests {
         ) -> Result<Option<String>, ScreenError> {
             Ok(None)
         }
+    }
+
+    #[test]
+    fn an_observation_says_whether_the_screen_settled() {
+        let options = SettleOptions {
+            timeout: Duration::from_millis(200),
+            ..SettleOptions::default()
+        };
+        let mut busy = Animated {
+            busy: u32::MAX,
+            calls: 0,
+        };
+        let observed =
+            crate::screen::observe(&mut busy, &monitor(), FrameTarget::Original, options).unwrap();
+        // The wait gives up one interval early, so the time alone says "settled".
+        assert!(observed.settle_time < options.timeout);
+        assert!(!observed.settled);
+        let mut calm = Animated { busy: 1, calls: 0 };
+        let observed =
+            crate::screen::observe(&mut calm, &monitor(), FrameTarget::Original, options).unwrap();
+        assert!(observed.settled);
     }
 
     fn monitor() -> MonitorInfo {

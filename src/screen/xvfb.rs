@@ -1,9 +1,10 @@
 //! A private virtual X display (Xvfb) for tests and benchmarks, so they never touch the
 //! user's real desktop. Xvfb picks a free display number itself (`-displayfd`).
 
-use std::io::{BufRead, BufReader};
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use thiserror::Error;
@@ -21,6 +22,9 @@ pub struct VirtualDisplay {
     name: String,
 }
 
+/// How much of Xvfb's stderr is kept for error messages.
+const STDERR_TAIL_BYTES: usize = 16 * 1024;
+
 impl VirtualDisplay {
     /// Start Xvfb with one `width` x `height` 24-bit screen.
     pub fn start(width: u32, height: u32) -> Result<Self, VirtualDisplayError> {
@@ -35,6 +39,24 @@ impl VirtualDisplay {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(VirtualDisplayError::Spawn)?;
+        // Xvfb writes warnings to stderr for as long as it runs; a pipe nobody reads fills up
+        // and then blocks the server. Keep reading it, and keep only its last lines.
+        let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
+        if let Some(mut stderr) = child.stderr.take() {
+            let tail = Arc::clone(&stderr_tail);
+            std::thread::spawn(move || {
+                let mut chunk = [0u8; 4096];
+                while let Ok(n) = stderr.read(&mut chunk) {
+                    if n == 0 {
+                        break;
+                    }
+                    let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
+                    tail.extend(&chunk[..n]);
+                    let excess = tail.len().saturating_sub(STDERR_TAIL_BYTES);
+                    tail.drain(..excess);
+                }
+            });
+        }
         let (tx, rx) = mpsc::channel();
         if let Some(stdout) = child.stdout.take() {
             std::thread::spawn(move || {
@@ -51,10 +73,12 @@ impl VirtualDisplay {
             }
             _ => {
                 let _ = child.kill();
-                let stderr = child
-                    .wait_with_output()
-                    .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
-                    .unwrap_or_default();
+                let _ = child.wait();
+                // Give the reader a moment to take in what Xvfb said before it died.
+                std::thread::sleep(Duration::from_millis(50));
+                let tail = stderr_tail.lock().unwrap_or_else(|p| p.into_inner());
+                let (a, b) = tail.as_slices();
+                let stderr = String::from_utf8_lossy(&[a, b].concat()).into_owned();
                 Err(VirtualDisplayError::NoDisplay(
                     wait,
                     stderr.trim().to_owned(),

@@ -238,9 +238,45 @@ pub struct RunEnd {
     pub ended: String,
     pub steps: u32,
     pub exit_code: i32,
-    /// `done`, `failed`, `guard`, `locked`, `aborted`, `error`.
-    pub status: String,
+    pub status: RunStatus,
     pub message: String,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// The model said the task is done.
+    Done,
+    /// The model gave up, or asked a question nobody could answer.
+    Failed,
+    /// A guard stopped it: the step or time limit, repeats, refusals, an unchanged screen.
+    Guard,
+    /// The policy was broken, so nothing ran.
+    Locked,
+    /// Ctrl-C, SIGTERM, the corner failsafe or an "abort" answer.
+    Aborted,
+    /// The screen, the model or the recorder failed.
+    Error,
+}
+
+impl RunStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            RunStatus::Done => "done",
+            RunStatus::Failed => "failed",
+            RunStatus::Guard => "guard",
+            RunStatus::Locked => "locked",
+            RunStatus::Aborted => "aborted",
+            RunStatus::Error => "error",
+        }
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// The record stage's boundary: the loop hands over each line as it happens.

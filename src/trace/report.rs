@@ -7,7 +7,6 @@
 //! in case an escape was ever missed.
 
 use std::fmt::{self, Write as _};
-use std::io::Write as _;
 use std::path::{Component, Path, PathBuf};
 
 use base64::Engine as _;
@@ -15,13 +14,17 @@ use serde::Serialize;
 
 use super::writer::TRACE_FILE;
 use super::{
-    FrameRecord, Outcome, RunEnd, RunStart, StepRecord, StepTimings, TraceError, TraceLine,
+    FrameRecord, Outcome, RunEnd, RunStart, RunStatus, StepRecord, StepTimings, TraceError,
+    TraceLine,
 };
 use crate::input::{Action, MouseButton};
 use crate::policy::{Decision, Request, Verdict};
 use crate::screen::FrameMap;
 
 const REPORT_FILE: &str = "report.html";
+
+/// Frames embedded in one report, the latest steps' (a frame is a few hundred KB as base64).
+const MAX_EMBEDDED_FRAMES: usize = 60;
 
 /// The whole page as one self-contained HTML string (frames embedded as base64 data: URIs; no
 /// external CSS/JS/fonts; works offline).
@@ -33,25 +36,14 @@ pub fn render_report(run_dir: &Path, lines: &[TraceLine], warnings: &[String]) -
 }
 
 /// Reads `run_dir/trace.jsonl` with `read_trace`, renders, writes `run_dir/report.html`
-/// atomically (tmp file + rename), returns its path.
+/// atomically, returns its path.
 pub fn write_report(run_dir: &Path) -> Result<PathBuf, TraceError> {
     let (lines, warnings) = super::read_trace(&run_dir.join(TRACE_FILE))?;
     let html = render_report(run_dir, &lines, &warnings);
     let path = run_dir.join(REPORT_FILE);
-    let tmp = run_dir.join(format!("{REPORT_FILE}.partial"));
-    let written = std::fs::File::create(&tmp)
-        .and_then(|mut file| {
-            file.write_all(html.as_bytes())?;
-            // The rename must not publish a page whose bytes are still only in the page cache.
-            file.sync_data()
-        })
-        .map_err(|e| TraceError::io("write", &tmp, e))
-        .and_then(|()| std::fs::rename(&tmp, &path).map_err(|e| TraceError::io("rename", &tmp, e)));
-    if written.is_err() {
-        // Best effort: a leftover partial file is harmless, the error above is what matters.
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written.map(|()| path)
+    crate::files::write_bytes_atomically(&path, html.as_bytes())
+        .map_err(|e| TraceError::io("write", &path, e))?;
+    Ok(path)
 }
 
 const CSS: &str = "\
@@ -136,8 +128,11 @@ fn page(out: &mut String, run_dir: &Path, lines: &[TraceLine], warnings: &[Strin
     }
 
     header(out, run_dir, start, end, &steps)?;
-    for step in &steps {
-        step_section(out, run_dir, step)?;
+    // The page is built in memory: embedding every frame of a long run would grow it without
+    // bound, so only the latest ones are embedded and the rest are named.
+    let embed_from = steps.len().saturating_sub(MAX_EMBEDDED_FRAMES);
+    for (i, step) in steps.iter().enumerate() {
+        step_section(out, run_dir, step, i >= embed_from)?;
     }
     out.push_str("</main></body></html>\n");
     Ok(())
@@ -197,11 +192,15 @@ fn header(
 
     match end {
         Some(e) => {
-            let class = if e.status == "done" { "ok" } else { "bad" };
+            let class = if e.status == RunStatus::Done {
+                "ok"
+            } else {
+                "bad"
+            };
             write!(
                 out,
                 "<div class=\"end {class}\"><b>Ended: {}</b> (exit code {})",
-                esc(&e.status),
+                esc(e.status.name()),
                 e.exit_code
             )?;
             if !e.message.is_empty() {
@@ -253,7 +252,7 @@ fn dl_row(out: &mut String, key: &str, value: &str) -> fmt::Result {
     write!(out, "<dt>{}</dt><dd>{}</dd>", esc(key), esc(value))
 }
 
-fn step_section(out: &mut String, run_dir: &Path, s: &StepRecord) -> fmt::Result {
+fn step_section(out: &mut String, run_dir: &Path, s: &StepRecord, embed: bool) -> fmt::Result {
     writeln!(
         out,
         "<section id=\"step-{n}\"><h2>Step {n}<span class=\"at\" title=\"{at}\">{time}</span></h2>",
@@ -264,7 +263,7 @@ fn step_section(out: &mut String, run_dir: &Path, s: &StepRecord) -> fmt::Result
 
     let verdict = s.decision.as_ref().map(|d| d.decision);
     match &s.frame {
-        Some(frame) => frame_figure(out, run_dir, frame, s.action.as_ref(), verdict)?,
+        Some(frame) => frame_figure(out, run_dir, frame, s.action.as_ref(), verdict, embed)?,
         None => out.push_str("<div class=\"noframe\">No frame was recorded for this step.</div>"),
     }
 
@@ -497,6 +496,7 @@ fn frame_figure(
     frame: &FrameRecord,
     action: Option<&Action>,
     verdict: Option<Verdict>,
+    embed: bool,
 ) -> fmt::Result {
     let map = &frame.map;
     let (fw, fh) = (map.frame_width, map.frame_height);
@@ -513,7 +513,15 @@ fn frame_figure(
          width=\"{fw}\" height=\"{fh}\" role=\"img\" aria-label=\"frame {}\">",
         esc(&frame.file)
     )?;
-    match load_frame(run_dir, &frame.file) {
+    let loaded = if embed {
+        load_frame(run_dir, &frame.file)
+    } else {
+        Err(format!(
+            "frame {} is in the run folder (the report embeds the last {MAX_EMBEDDED_FRAMES})",
+            frame.file
+        ))
+    };
+    match loaded {
         Ok((mime, data)) => write!(
             out,
             "<image href=\"data:{mime};base64,{data}\" x=\"0\" y=\"0\" width=\"{fw}\" \
@@ -987,7 +995,7 @@ mod tests {
                 ended: "2025-03-01T10:00:09.000Z".into(),
                 steps: 3,
                 exit_code: 0,
-                status: "done".into(),
+                status: RunStatus::Done,
                 message: "all good".into(),
             }));
         }
@@ -999,6 +1007,33 @@ mod tests {
         let img = image::RgbImage::from_pixel(64, 40, image::Rgb([30, 60, 90]));
         img.save(dir.path().join("step-0001.png")).unwrap();
         dir
+    }
+
+    #[test]
+    fn a_long_run_embeds_only_its_latest_frames() {
+        let dir = run_dir();
+        let mut lines = run_lines(true);
+        let step = lines
+            .iter()
+            .find_map(|l| match l {
+                TraceLine::Step(s) if s.frame.is_some() => Some(s.clone()),
+                _ => None,
+            })
+            .unwrap();
+        let end = lines.pop().unwrap();
+        lines.retain(|l| matches!(l, TraceLine::Start(_)));
+        for n in 1..=(MAX_EMBEDDED_FRAMES as u32 + 5) {
+            let mut s = step.clone();
+            s.step = n;
+            lines.push(TraceLine::Step(s));
+        }
+        lines.push(end);
+        let html = render_report(dir.path(), &lines, &[]);
+        assert_eq!(
+            html.matches("data:image/png;base64,").count(),
+            MAX_EMBEDDED_FRAMES
+        );
+        assert_eq!(html.matches("the report embeds the last").count(), 5);
     }
 
     #[test]

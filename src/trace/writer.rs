@@ -5,7 +5,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Sender, channel};
+use std::sync::mpsc::{SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
 use super::{Recorder, RunEnd, RunStart, StepRecord, TraceError, TraceLine};
@@ -24,10 +24,13 @@ pub fn runs_dir() -> Result<PathBuf, TraceError> {
 
 type FrameJob = (PathBuf, image::RgbImage);
 
+/// Frames waiting to be encoded at most.
+const FRAMES_QUEUED: usize = 4;
+
 pub struct TraceWriter {
     dir: PathBuf,
     trace: File,
-    frames: Option<Sender<FrameJob>>,
+    frames: Option<SyncSender<FrameJob>>,
     encoder: Option<JoinHandle<Vec<String>>>,
 }
 
@@ -61,7 +64,9 @@ impl TraceWriter {
             .append(true)
             .open(&path)
             .map_err(|e| TraceError::io("create", &path, e))?;
-        let (frames, jobs) = channel::<FrameJob>();
+        // Bounded: when PNG encoding falls behind, the loop waits rather than piling up
+        // full-size frames in memory.
+        let (frames, jobs) = sync_channel::<FrameJob>(FRAMES_QUEUED);
         let encoder = std::thread::Builder::new()
             .name("deskhand-frames".into())
             .spawn(move || {
@@ -149,20 +154,19 @@ impl Drop for TraceWriter {
 fn write_png(path: &Path, image: &image::RgbImage) -> Result<(), String> {
     use image::ImageEncoder;
     use image::codecs::png::{CompressionType, FilterType, PngEncoder};
-    let tmp = path.with_extension("png.partial");
-    let file = File::create(&tmp).map_err(|e| e.to_string())?;
-    let mut out = std::io::BufWriter::new(file);
-    PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Adaptive)
-        .write_image(
-            image.as_raw(),
-            image.width(),
-            image.height(),
-            image::ExtendedColorType::Rgb8,
-        )
-        .map_err(|e| e.to_string())?;
-    out.flush().map_err(|e| e.to_string())?;
-    drop(out);
-    std::fs::rename(&tmp, path).map_err(|e| e.to_string())
+    crate::files::write_atomically(path, |file| {
+        let mut out = std::io::BufWriter::new(file);
+        PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Adaptive)
+            .write_image(
+                image.as_raw(),
+                image.width(),
+                image.height(),
+                image::ExtendedColorType::Rgb8,
+            )
+            .map_err(std::io::Error::other)?;
+        out.flush()
+    })
+    .map_err(|e| e.to_string())
 }
 
 /// Reads a run's `trace.jsonl`. A torn last line (a run killed mid-write) is skipped with a

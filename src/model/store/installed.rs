@@ -7,13 +7,13 @@
 //! back, so without the lock the later write would silently drop the earlier one's model.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::catalog::toml_error_line;
-use super::{StoreError, io_error, remove_quietly};
+use super::{StoreError, io_error};
 use crate::model::family::FamilyId;
 
 /// The installed registry's file name, inside the models directory.
@@ -193,44 +193,14 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Write `bytes` to `path` through a temporary file in the same directory and a rename, so a
-/// crash leaves either the old file or the new one. Callers that read, change and write back
-/// must hold a lock around all three (see `Registry::record`); this alone does not stop two
-/// writers from overwriting each other.
+/// Write `bytes` to `path` atomically (`crate::files`), creating its directory. Callers that
+/// read, change and write back must hold a lock around all three (see `Registry::record`);
+/// this alone does not stop two writers from overwriting each other.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let dir = parent_dir(path);
     fs::create_dir_all(dir).map_err(io_error(format!("cannot create {}", dir.display())))?;
-    let tmp = sibling(path, &format!(".tmp.{}", std::process::id()));
-    let written = (|| -> io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()
-    })();
-    if let Err(e) = written {
-        remove_quietly(&tmp);
-        return Err(io_error(format!("cannot write {}", tmp.display()))(e));
-    }
-    if let Err(e) = fs::rename(&tmp, path) {
-        remove_quietly(&tmp);
-        return Err(io_error(format!("cannot replace {}", path.display()))(e));
-    }
-    sync_dir(dir).map_err(io_error(format!(
-        "cannot sync {} after replacing {}",
-        dir.display(),
-        path.display()
-    )))
-}
-
-/// Makes the rename itself durable; without it a crash can bring the old file back.
-#[cfg(unix)]
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-// Windows cannot open a directory as a file; its rename is already flushed by the filesystem.
-#[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> io::Result<()> {
-    Ok(())
+    crate::files::write_bytes_atomically(path, bytes)
+        .map_err(io_error(format!("cannot replace {}", path.display())))
 }
 
 #[cfg(test)]
