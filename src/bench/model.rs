@@ -308,7 +308,9 @@ struct ImageFigures {
     prefill_ms: f64,
 }
 
-/// One step with one image and no history, `repetitions` times: the median image figures.
+/// One step with one image and no history, `repetitions` times after one warm-up that is not
+/// counted: the median image figures. llama-mtmd-cli encodes a warm-up image when it starts,
+/// so its timed encode is a warm one; so is every encode of an agent run after its first.
 fn image(
     session: &mut LlamaSession<'_>,
     engine: &LlamaEngine,
@@ -316,7 +318,7 @@ fn image(
     repetitions: usize,
 ) -> Result<ImageFigures, Failure> {
     let mut runs = Vec::new();
-    for _ in 0..repetitions.max(1) {
+    for run in 0..=repetitions.max(1) {
         let prompt = Prompt {
             system: engine.family().system_prompt().to_owned(),
             task: "Open the Settings window and turn on dark mode.".into(),
@@ -326,6 +328,9 @@ fn image(
         };
         session.forget_prefix();
         let t = session.generate(&prompt)?.timings;
+        if run == 0 {
+            continue;
+        }
         runs.push(ImageFigures {
             image_tokens: t.image_tokens,
             tokens_before: tokens_before_image(engine, &prompt),
