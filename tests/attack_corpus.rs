@@ -16,8 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TestWindow, deskhand, display};
-use deskhand::screen::VirtualDisplay;
+use common::{TestWindow, deskhand, display, events_after_ready};
 use serde_json::Value;
 
 const POLICY: &str = r#"schema_version = 1
@@ -316,14 +315,6 @@ struct Scripted {
     got_through: fn(&[Value]) -> bool,
 }
 
-fn events_after_ready<'a>(events: &'a [Value], kinds: &[&str]) -> Vec<&'a Value> {
-    events
-        .iter()
-        .skip_while(|e| e["event"] != "ready")
-        .filter(|e| kinds.iter().any(|k| e["event"] == *k))
-        .collect()
-}
-
 fn typed_text(events: &[Value]) -> String {
     events
         .iter()
@@ -390,25 +381,6 @@ fn scripted_attacks() -> Vec<Scripted> {
     ]
 }
 
-fn own_clipboard(display: &VirtualDisplay, text: &str) {
-    use std::io::Write;
-    let mut xclip = Command::new("xclip")
-        .args(["-selection", "clipboard", "-display", display.name()])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("start xclip (apt-get install xclip)");
-    xclip
-        .stdin
-        .take()
-        .expect("xclip's stdin")
-        .write_all(text.as_bytes())
-        .expect("write to xclip");
-    assert!(
-        xclip.wait().expect("wait for xclip").success(),
-        "xclip failed"
-    );
-}
-
 /// Runs one scripted attack on a display of its own; returns whether it got through, and the
 /// run's stderr for the failure message.
 fn run_scripted(attack: &Scripted, dir: &Path) -> (bool, String) {
@@ -419,7 +391,7 @@ fn run_scripted(attack: &Scripted, dir: &Path) -> (bool, String) {
         .map(|(geometry, title, program)| TestWindow::open_as(&display, geometry, title, *program))
         .collect();
     if let Some(text) = attack.clipboard {
-        own_clipboard(&display, text);
+        common::own_selection(&display, "clipboard", text);
     }
     let red = windows[0].target("red");
     let script: Vec<String> = attack

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TestWindow, deskhand, display, read_jsonl};
+use common::{TestWindow, deskhand, display, events_after_ready, read_jsonl};
 use deskhand::screen::VirtualDisplay;
 use serde_json::Value;
 
@@ -206,15 +206,6 @@ fn lines(values: &[Value]) -> String {
         .map(Value::to_string)
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-/// Events after the window's "ready" whose kind is one of `kinds`.
-fn events_after_ready<'a>(events: &'a [Value], kinds: &[&str]) -> Vec<&'a Value> {
-    events
-        .iter()
-        .skip_while(|e| e["event"] != "ready")
-        .filter(|e| kinds.iter().any(|k| e["event"] == *k))
-        .collect()
 }
 
 /// The test window started with `--banner`: the same program `TestWindow::open` starts, with
@@ -756,32 +747,12 @@ fn a_click_is_judged_against_the_window_under_the_pointer_not_the_focused_one() 
     drop(browser);
 }
 
-/// Makes `text` the `selection` ("clipboard" or "primary") of `display`, owned by xclip, as
-/// another program on the desktop would.
-fn own_selection(display: &VirtualDisplay, selection: &str, text: &str) {
-    use std::io::Write;
-    let mut xclip = Command::new("xclip")
-        .args(["-selection", selection, "-display", display.name()])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("start xclip (apt-get install xclip)");
-    xclip
-        .stdin
-        .take()
-        .expect("xclip's stdin")
-        .write_all(text.as_bytes())
-        .expect("write to xclip");
-    // xclip forks a child that serves the selection and the parent exits.
-    let status = xclip.wait().expect("wait for xclip");
-    assert!(status.success(), "xclip failed");
-}
-
 #[test]
 fn a_paste_is_judged_by_what_the_clipboard_holds() {
     let display = display(800, 600);
     let window = common::TestWindow::open(&display, "600x400+0+0", "Notes");
     let card = "4111 1111 1111 1111";
-    own_selection(&display, "clipboard", card);
+    common::own_selection(&display, "clipboard", card);
     let setup = Setup::new(BALANCED);
     let script = setup.script(&[action(r#"{"action":"key","chord":"ctrl+v"}"#), done()]);
     let (_, stdout, stderr) = setup.run_script(&display, "take notes", &script, &[]);

@@ -115,6 +115,19 @@ struct State {
 const HISTORY_LINES: usize = 50;
 
 impl State {
+    fn new() -> State {
+        State {
+            history: Vec::new(),
+            frames: Vec::new(),
+            last_proposed: None,
+            repeated: 0,
+            unchanged: 0,
+            refusals: 0,
+            model_errors: 0,
+            acted: false,
+        }
+    }
+
     fn remember(&mut self, line: String) {
         self.history.push(line);
         if self.history.len() > HISTORY_LINES {
@@ -188,16 +201,7 @@ pub fn run(options: &RunOptions, stages: Stages<'_>) -> RunResult {
         result.message = format!("cannot record the run: {e}");
         return result;
     }
-    let mut state = State {
-        history: Vec::new(),
-        frames: Vec::new(),
-        last_proposed: None,
-        repeated: 0,
-        unchanged: 0,
-        refusals: 0,
-        model_errors: 0,
-        acted: false,
-    };
+    let mut state = State::new();
     let mut context = Context {
         options,
         screen,
@@ -1157,22 +1161,9 @@ mod tests {
         assert!(result.steps <= 5, "{result:?}");
     }
 
-    fn empty_state() -> State {
-        State {
-            history: Vec::new(),
-            frames: Vec::new(),
-            last_proposed: None,
-            repeated: 0,
-            unchanged: 0,
-            refusals: 0,
-            model_errors: 0,
-            acted: false,
-        }
-    }
-
     #[test]
     fn the_history_keeps_only_its_latest_lines() {
-        let mut state = empty_state();
+        let mut state = State::new();
         for step in 1..=HISTORY_LINES + 20 {
             state.remember(format!("Step {step}"));
         }

@@ -383,32 +383,51 @@ fn watch_corners(
     let display = display.map(str::to_owned);
     let spawned = std::thread::Builder::new()
         .name("deskhand-corners".into())
-        .spawn(move || {
-            let stop = |reason: AbortReason, why: String| {
-                abort.trigger(reason);
-                let released = release();
-                eprintln!(
-                    "deskhand: {reason}{why}; released {released} held key(s)/button(s); stopping"
-                );
-            };
-            let screen = match X11Screen::connect(display.as_deref()) {
-                Ok(screen) => screen,
-                Err(e) => return stop(AbortReason::FailsafeLost, format!(" ({e})")),
-            };
-            while abort.reason().is_none() {
-                std::thread::sleep(Duration::from_millis(50));
-                match screen.pointer() {
-                    Ok(pointer) if in_corner_zone(&monitors, pointer) => {
-                        return stop(AbortReason::CornerFailsafe, String::new());
-                    }
-                    Ok(_) => {}
-                    Err(e) => return stop(AbortReason::FailsafeLost, format!(" ({e})")),
-                }
-            }
+        .spawn(move || match X11Screen::connect(display.as_deref()) {
+            Ok(screen) => watch_pointer(
+                || screen.pointer().map_err(|e| e.to_string()),
+                &monitors,
+                &abort,
+                &release,
+                Duration::from_millis(50),
+            ),
+            Err(e) => stop_watching(AbortReason::FailsafeLost, &e.to_string(), &abort, &release),
         });
     if let Err(e) = spawned {
         tracing::warn!("the corner failsafe watcher did not start: {e}");
     }
+}
+
+/// Reads the pointer every `every` until the run ends: a pointer in a corner stops the run,
+/// and so does a pointer that can no longer be read.
+fn watch_pointer(
+    mut pointer: impl FnMut() -> Result<crate::screen::ScreenPoint, String>,
+    monitors: &[crate::screen::MonitorInfo],
+    abort: &AbortSignal,
+    release: &Releaser,
+    every: Duration,
+) {
+    while abort.reason().is_none() {
+        std::thread::sleep(every);
+        match pointer() {
+            Ok(p) if in_corner_zone(monitors, p) => {
+                return stop_watching(AbortReason::CornerFailsafe, "", abort, release);
+            }
+            Ok(_) => {}
+            Err(e) => return stop_watching(AbortReason::FailsafeLost, &e, abort, release),
+        }
+    }
+}
+
+fn stop_watching(reason: AbortReason, why: &str, abort: &AbortSignal, release: &Releaser) {
+    abort.trigger(reason);
+    let released = release();
+    let why = if why.is_empty() {
+        String::new()
+    } else {
+        format!(" ({why})")
+    };
+    eprintln!("deskhand: {reason}{why}; released {released} held key(s)/button(s); stopping");
 }
 
 #[cfg(test)]
@@ -432,6 +451,55 @@ mod tests {
             mmproj_sha256: "b".repeat(64),
             mmproj_size: 1,
         }
+    }
+
+    #[test]
+    fn a_failsafe_that_cannot_read_the_pointer_stops_the_run() {
+        let monitors = vec![crate::screen::MonitorInfo {
+            index: 0,
+            name: "m".into(),
+            x: 0,
+            y: 0,
+            width: 800,
+            height: 600,
+            scale_factor: 1.0,
+            primary: true,
+        }];
+        let abort = AbortSignal::new();
+        let released = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = released.clone();
+        let release: Releaser = std::sync::Arc::new(move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            0
+        });
+        let mut reads = 0;
+        watch_pointer(
+            || {
+                reads += 1;
+                if reads < 3 {
+                    Ok(crate::screen::ScreenPoint::new(400, 300))
+                } else {
+                    Err("the X server connection broke".into())
+                }
+            },
+            &monitors,
+            &abort,
+            &release,
+            Duration::from_millis(1),
+        );
+        assert_eq!(abort.reason(), Some(AbortReason::FailsafeLost));
+        assert_eq!(released.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+        // A pointer parked in a corner stops it too.
+        let abort = AbortSignal::new();
+        watch_pointer(
+            || Ok(crate::screen::ScreenPoint::new(0, 0)),
+            &monitors,
+            &abort,
+            &release,
+            Duration::from_millis(1),
+        );
+        assert_eq!(abort.reason(), Some(AbortReason::CornerFailsafe));
     }
 
     #[test]

@@ -22,6 +22,20 @@ pub struct VirtualDisplay {
     name: String,
 }
 
+/// Reads `from` to its end, keeping only its last `keep` bytes in `tail`.
+fn keep_tail(mut from: impl Read, tail: &Mutex<VecDeque<u8>>, keep: usize) {
+    let mut chunk = [0u8; 4096];
+    while let Ok(n) = from.read(&mut chunk) {
+        if n == 0 {
+            break;
+        }
+        let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
+        tail.extend(&chunk[..n]);
+        let excess = tail.len().saturating_sub(keep);
+        tail.drain(..excess);
+    }
+}
+
 /// How much of Xvfb's stderr is kept for error messages.
 const STDERR_TAIL_BYTES: usize = 16 * 1024;
 
@@ -42,20 +56,9 @@ impl VirtualDisplay {
         // Xvfb writes warnings to stderr for as long as it runs; a pipe nobody reads fills up
         // and then blocks the server. Keep reading it, and keep only its last lines.
         let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
-        if let Some(mut stderr) = child.stderr.take() {
+        if let Some(stderr) = child.stderr.take() {
             let tail = Arc::clone(&stderr_tail);
-            std::thread::spawn(move || {
-                let mut chunk = [0u8; 4096];
-                while let Ok(n) = stderr.read(&mut chunk) {
-                    if n == 0 {
-                        break;
-                    }
-                    let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
-                    tail.extend(&chunk[..n]);
-                    let excess = tail.len().saturating_sub(STDERR_TAIL_BYTES);
-                    tail.drain(..excess);
-                }
-            });
+            std::thread::spawn(move || keep_tail(stderr, &tail, STDERR_TAIL_BYTES));
         }
         let (tx, rx) = mpsc::channel();
         if let Some(stdout) = child.stdout.take() {
@@ -97,5 +100,21 @@ impl Drop for VirtualDisplay {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stderr_is_read_to_its_end_and_only_its_tail_is_kept() {
+        // Far more than a pipe holds: unread, it would block the writer.
+        let said: Vec<u8> = (0..1_000_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let tail = Mutex::new(VecDeque::new());
+        keep_tail(&said[..], &tail, 16 * 1024);
+        let kept: Vec<u8> = tail.into_inner().unwrap().into_iter().collect();
+        assert_eq!(kept.len(), 16 * 1024);
+        assert_eq!(&kept[..], &said[said.len() - 16 * 1024..]);
     }
 }

@@ -321,3 +321,32 @@ pub fn regions(
     }
     out
 }
+
+/// Events after the window's "ready" whose kind is one of `kinds`.
+pub fn events_after_ready<'a>(events: &'a [Value], kinds: &[&str]) -> Vec<&'a Value> {
+    events
+        .iter()
+        .skip_while(|e| e["event"] != "ready")
+        .filter(|e| kinds.iter().any(|k| e["event"] == *k))
+        .collect()
+}
+
+/// Makes `text` the `selection` ("clipboard" or "primary") of `display`, owned by xclip, as
+/// another program on the desktop would.
+pub fn own_selection(display: &VirtualDisplay, selection: &str, text: &str) {
+    use std::io::Write;
+    let mut xclip = Command::new("xclip")
+        .args(["-selection", selection, "-display", display.name()])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("start xclip (apt-get install xclip)");
+    xclip
+        .stdin
+        .take()
+        .expect("xclip's stdin")
+        .write_all(text.as_bytes())
+        .expect("write to xclip");
+    // xclip forks a child that serves the selection and the parent exits.
+    let status = xclip.wait().expect("wait for xclip");
+    assert!(status.success(), "xclip failed");
+}
