@@ -476,7 +476,7 @@ impl Context<'_, '_> {
         // Between the screenshot and now, decoding and a waiting ask may have taken seconds,
         // and the focus, the windows under the pointer or the clipboard may have changed:
         // look again, and if they did, decide again for what the input would reach now.
-        if verdict == Verdict::Allow && touches_desktop(action) && !self.options.dry_run {
+        if verdict == Verdict::Allow && action.touches_desktop() && !self.options.dry_run {
             let now = self.windows_reached(action, self.screen.active_window().ok().flatten());
             if now.differs_from(&seen) {
                 request = now.request(action, self.monitors);
@@ -881,12 +881,6 @@ struct Checked {
     decision: Decision,
     verdict: Verdict,
     answer: Option<Answer>,
-}
-
-/// Whether an action would touch the desktop (and so could reach another window than the one
-/// it was decided for).
-fn touches_desktop(action: &Action) -> bool {
-    !matches!(action, Action::Wait { .. }) && !action.is_terminal()
 }
 
 /// The windows one action reaches, and what it would paste, as read at one moment.

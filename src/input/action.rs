@@ -264,6 +264,12 @@ impl Action {
         }
     }
 
+    /// Whether the action would touch the desktop: everything but waiting and the actions
+    /// that end the task or hand it to the user.
+    pub fn touches_desktop(&self) -> bool {
+        !matches!(self, Action::Wait { .. }) && !self.is_terminal()
+    }
+
     /// Whether the action ends the task or hands it to the user instead of touching input.
     pub fn is_terminal(&self) -> bool {
         matches!(

@@ -796,7 +796,7 @@ fn is_prompt_title(title: &str) -> bool {
     has_word(title, "PIN", true)
 }
 
-fn has_word(hay: &str, word: &str, whole: bool) -> bool {
+pub(super) fn has_word(hay: &str, word: &str, whole: bool) -> bool {
     hay.match_indices(word).any(|(at, _)| {
         let before_ok = !hay[..at]
             .chars()

@@ -8,6 +8,7 @@ use std::time::{Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use super::detect::has_word;
 use super::file::{self, Layer, PolicyFile};
 use super::rule::Facts;
 use super::{
@@ -781,15 +782,7 @@ fn touches_own_files(facts: &Facts, own_files: &[PathBuf]) -> bool {
     {
         return true;
     }
-    let has_word = |hay: &str, word: &str| {
-        !word.is_empty()
-            && hay.match_indices(word).any(|(at, _)| {
-                let before = hay[..at].chars().next_back();
-                let after = hay[at + word.len()..].chars().next();
-                let edge = |c: Option<char>| !c.is_some_and(|c| c.is_alphanumeric() || c == '_');
-                edge(before) && edge(after)
-            })
-    };
+    let has_word = |hay: &str, word: &str| !word.is_empty() && has_word(hay, word, true);
     let home = std::env::var("HOME").unwrap_or_default();
     own_files.iter().any(|path| {
         let full = path.to_string_lossy().to_lowercase();
@@ -854,18 +847,14 @@ fn combine(matched: Vec<Match>, facts: &Facts) -> Decision {
     }
 }
 
-/// Whether an action would touch the desktop; locked mode refuses exactly those.
-fn touches_desktop(action: &Action) -> bool {
-    !matches!(action, Action::Wait { .. }) && !action.is_terminal()
-}
-
 fn locked_decision(errors: &PolicyErrors, action: &Action) -> Decision {
     let first = errors.0.first();
     let source = first.map_or_else(
         || BUILT_IN.to_owned(),
         |e| format!("{}:{}", e.path.display(), e.line),
     );
-    let (decision, reason) = if touches_desktop(action) {
+    // Locked mode refuses exactly the actions that touch the desktop.
+    let (decision, reason) = if action.touches_desktop() {
         (
             Verdict::Deny,
             format!(
