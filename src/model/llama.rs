@@ -9,7 +9,7 @@ use std::ffi::CString;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use llama_cpp_2::context::LlamaContext;
@@ -189,23 +189,53 @@ pub fn system_info() -> String {
     }
 }
 
-/// What mtmd reported for the images evaluated since the last [`take_image_times`]: how many
-/// it encoded, the milliseconds its encoder took, and the milliseconds it spent decoding their
-/// tokens into the KV cache (its own timers; the decoding is prefill rather than encoding).
-/// The log is process-wide, so two sessions evaluating images at the same moment would share
-/// these counts.
-static IMAGE_DECODE_MS: AtomicU64 = AtomicU64::new(0);
-static IMAGE_ENCODE_MS: AtomicU64 = AtomicU64::new(0);
-static IMAGE_ENCODES: AtomicU64 = AtomicU64::new(0);
 static PRINT_LLAMA_LOG: AtomicBool = AtomicBool::new(false);
 
-/// mtmd's log, read for its timing lines ("image slice encoded in 51234 ms", "image decoded
-/// (batch 1/1) in 26543 ms") and printed only when DESKHAND_LLAMA_LOG asks for it.
+thread_local! {
+    /// What mtmd's log said about the images this thread evaluated since the last
+    /// [`take_image_times`]. mtmd logs from the calling thread, just before and just after it
+    /// encodes a slice or decodes a batch of image tokens, so timing between those lines here
+    /// measures the same spans as its own millisecond timers, to the microsecond and without
+    /// counting another session's images.
+    static IMAGE_LOG: std::cell::RefCell<ImageLog> = std::cell::RefCell::new(ImageLog::default());
+}
+
+#[derive(Default)]
+struct ImageLog {
+    encoding_since: Option<Instant>,
+    decoding_since: Option<Instant>,
+    times: ImageTimes,
+}
+
+impl ImageLog {
+    /// Reads one line of mtmd's log: "encoding image slice...", "image slice encoded in 51 ms",
+    /// "decoding image batch 1/1, n_tokens_batch = 64", "image decoded (batch 1/1) in 26 ms".
+    fn read(&mut self, line: &str, now: Instant) {
+        if line.starts_with("encoding ") && line.contains(" slice") {
+            self.encoding_since = Some(now);
+        } else if line.contains(" slice encoded in ") {
+            self.times.encodes += 1;
+            if let Some(since) = self.encoding_since.take() {
+                self.times.encode_ms += ms(now.duration_since(since));
+            }
+        } else if line.starts_with("decoding ") && line.contains(" batch ") {
+            self.decoding_since = Some(now);
+        } else if line.contains(" decoded (batch ")
+            && let Some(since) = self.decoding_since.take()
+        {
+            self.times.decode_ms += ms(now.duration_since(since));
+        }
+    }
+}
+
+/// mtmd's log, read for the spans of encoding and decoding images, and printed only when
+/// DESKHAND_LLAMA_LOG asks for it.
 unsafe extern "C" fn mtmd_log(
     _level: llama_cpp_sys_2::ggml_log_level,
     text: *const std::os::raw::c_char,
     _user_data: *mut std::os::raw::c_void,
 ) {
+    let now = Instant::now();
     if text.is_null() {
         return;
     }
@@ -214,34 +244,25 @@ unsafe extern "C" fn mtmd_log(
     if PRINT_LLAMA_LOG.load(Ordering::Relaxed) {
         eprint!("{line}");
     }
-    let ms_after = |marker: &str| {
-        line.split_once(marker)
-            .and_then(|(_, rest)| rest.trim().strip_suffix("ms"))
-            .and_then(|n| n.trim().parse::<u64>().ok())
-    };
-    if line.contains(" slice encoded in ") {
-        IMAGE_ENCODES.fetch_add(1, Ordering::Relaxed);
-        if let Some(ms) = ms_after(" encoded in ") {
-            IMAGE_ENCODE_MS.fetch_add(ms, Ordering::Relaxed);
+    // A log callback must not unwind into C; a re-entrant borrow is skipped, not a panic.
+    IMAGE_LOG.with(|log| {
+        if let Ok(mut log) = log.try_borrow_mut() {
+            log.read(&line, now);
         }
-    } else if line.contains(" decoded (batch ")
-        && let Some(ms) = ms_after(") in ")
-    {
-        IMAGE_DECODE_MS.fetch_add(ms, Ordering::Relaxed);
-    }
+    });
 }
 
-/// What mtmd reported since the last call, as (encoded slices, image-token decode ms), and
-/// starts counting again.
+/// What mtmd reported on this thread since the last call, and starts counting again.
 fn take_image_times() -> ImageTimes {
-    ImageTimes {
-        encodes: IMAGE_ENCODES.swap(0, Ordering::Relaxed) as usize,
-        encode_ms: IMAGE_ENCODE_MS.swap(0, Ordering::Relaxed) as f64,
-        decode_ms: IMAGE_DECODE_MS.swap(0, Ordering::Relaxed) as f64,
-    }
+    IMAGE_LOG.with(|log| {
+        log.try_borrow_mut()
+            .map(|mut log| std::mem::take(&mut *log).times)
+            .unwrap_or_default()
+    })
 }
 
 /// What mtmd's log said about the images since the last look.
+#[derive(Default, Debug, PartialEq)]
 struct ImageTimes {
     /// Image slices encoded.
     encodes: usize,
@@ -944,6 +965,45 @@ mod tests {
     fn catalog_config() -> EngineConfig {
         EngineConfig::new("m.gguf", Some("mmproj.gguf".into()), FamilyId::Qwen25Vl)
             .with_image_token_range(256, 1280)
+    }
+
+    #[test]
+    fn image_times_are_the_spans_between_mtmds_log_lines_not_its_rounded_milliseconds() {
+        let t0 = Instant::now();
+        let at = |us: u64| t0 + std::time::Duration::from_micros(us);
+        let mut log = ImageLog::default();
+        log.read("encoding image slice...\n", at(0));
+        // mtmd's own figure says 0 ms; the span says 0.4 ms.
+        log.read("image slice encoded in 0 ms\n", at(400));
+        log.read("decoding image batch 1/1, n_tokens_batch = 4\n", at(500));
+        log.read("image decoded (batch 1/1) in 1 ms\n", at(700));
+        log.read("encoding image slice...\n", at(1000));
+        log.read("image slice encoded in 1 ms\n", at(2000));
+        // A line outside a pair, or one it does not know, changes nothing.
+        log.read("image decoded (batch 1/1) in 5 ms\n", at(3000));
+        log.read("something else\n", at(4000));
+        assert_eq!(log.times.encodes, 2);
+        assert!((log.times.encode_ms - 1.4).abs() < 1e-9, "{:?}", log.times);
+        assert!((log.times.decode_ms - 0.2).abs() < 1e-9, "{:?}", log.times);
+    }
+
+    #[test]
+    fn image_times_are_counted_per_thread_and_taken_once() {
+        IMAGE_LOG.with(|log| {
+            let mut log = log.borrow_mut();
+            let now = Instant::now();
+            log.read("encoding image slice...\n", now);
+            log.read(
+                "image slice encoded in 3 ms\n",
+                now + std::time::Duration::from_millis(3),
+            );
+        });
+        let elsewhere = std::thread::spawn(take_image_times).join().ok();
+        assert_eq!(elsewhere, Some(ImageTimes::default()));
+        let here = take_image_times();
+        assert_eq!(here.encodes, 1);
+        assert!((here.encode_ms - 3.0).abs() < 1e-9);
+        assert_eq!(take_image_times(), ImageTimes::default());
     }
 
     #[test]
