@@ -37,9 +37,14 @@ pub struct ModelBenchArgs {
     /// Generated tokens for the decode figure (llama-bench's -n).
     #[arg(long, default_value_t = 64)]
     pub gen_tokens: usize,
-    /// Repetitions of each measurement.
+    /// Repetitions of each measurement within a round.
     #[arg(long, default_value_t = 3)]
     pub repetitions: usize,
+    /// Rounds of deskhand then llama.cpp, one after the other, so that a slow spell of a shared
+    /// machine falls on both sides. Each figure is the median over the rounds, and each ratio
+    /// the median of the rounds' own ratios.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
     /// Agent steps for the step, grammar and prefix-cache figures (default 4 without a
     /// projector, 0 with one: `deskhand bench step` measures whole steps with images).
     #[arg(long)]
@@ -308,17 +313,20 @@ struct ImageFigures {
     prefill_ms: f64,
 }
 
-/// One step with one image and no history, `repetitions` times after one warm-up that is not
-/// counted: the median image figures. llama-mtmd-cli encodes a warm-up image when it starts,
-/// so its timed encode is a warm one; so is every encode of an agent run after its first.
+/// One step with one image and no history, `repetitions` times, after one warm-up that is not
+/// counted when `warm_up` says so: the median image figures. llama-mtmd-cli encodes a warm-up
+/// image when it starts, so its timed encode is a warm one; so is every encode of an agent run
+/// after its first.
 fn image(
     session: &mut LlamaSession<'_>,
     engine: &LlamaEngine,
     frame: &Frame,
     repetitions: usize,
+    warm_up: bool,
 ) -> Result<ImageFigures, Failure> {
     let mut runs = Vec::new();
-    for run in 0..=repetitions.max(1) {
+    let first_counted = usize::from(warm_up);
+    for run in 0..first_counted + repetitions.max(1) {
         let prompt = Prompt {
             system: engine.family().system_prompt().to_owned(),
             task: "Open the Settings window and turn on dark mode.".into(),
@@ -328,7 +336,7 @@ fn image(
         };
         session.forget_prefix();
         let t = session.generate(&prompt)?.timings;
-        if run == 0 {
+        if run < first_counted {
             continue;
         }
         runs.push(ImageFigures {
@@ -550,23 +558,79 @@ pub fn model(args: &ModelBenchArgs) -> Result<(), Failure> {
     };
     let engine = LlamaEngine::load(config.clone())?;
     let mut session = engine.session()?;
-    eprintln!(
-        "measuring prefill and decode ({} threads)...",
-        engine.threads()
-    );
-    let ours = speeds(&mut session, args)?;
+    let threads = config_threads(&config);
     let frame = synthetic_frame(engine.frame_target())?;
-    let image_figures = match &args.mmproj {
-        Some(_) => {
-            eprintln!(
-                "measuring one {}x{} frame ...",
-                frame.image.width(),
-                frame.image.height()
-            );
-            Some(image(&mut session, &engine, &frame, 1)?)
+    // llama-mtmd-cli reads the same frame from a file, removed when this function returns.
+    let frame_file = match (&tools, &args.mmproj) {
+        (Some(_), Some(_)) => {
+            let file = tempfile::Builder::new()
+                .prefix("deskhand-bench-frame-")
+                .suffix(".png")
+                .tempfile()
+                .context("cannot create a temporary file for the frame")?;
+            frame
+                .image
+                .save(file.path())
+                .with_context(|| format!("cannot write {}", file.path().display()))?;
+            Some(file)
         }
-        None => None,
+        _ => None,
     };
+    let mut rounds = Vec::new();
+    for round in 1..=args.rounds {
+        let of = format!("round {round}/{}", args.rounds);
+        eprintln!("{of}: deskhand prefill and decode ({threads} threads)...");
+        let ours = speeds(&mut session, args)?;
+        let image_figures = match &args.mmproj {
+            Some(_) => {
+                eprintln!(
+                    "{of}: deskhand, one {}x{} frame...",
+                    frame.image.width(),
+                    frame.image.height()
+                );
+                Some(image(&mut session, &engine, &frame, 1, round == 1)?)
+            }
+            None => None,
+        };
+        let mut reference = None;
+        let mut reference_image = None;
+        if let Some(dir) = &tools {
+            let binary = dir.join("llama-bench");
+            eprintln!("{of}: {}...", binary.display());
+            reference = Some(llama_bench(
+                &binary,
+                &args.model,
+                threads,
+                args,
+                image_figures.as_ref(),
+            )?);
+            if let (Some(mmproj), Some(file)) = (&args.mmproj, &frame_file) {
+                let binary = dir.join("llama-mtmd-cli");
+                eprintln!("{of}: {}...", binary.display());
+                reference_image = Some(mtmd_cli(
+                    &binary,
+                    args,
+                    mmproj,
+                    file.path(),
+                    &config,
+                    threads,
+                )?);
+            }
+        }
+        let round = ModelReport::new(
+            args,
+            threads,
+            ours,
+            image_figures,
+            own_peak_rss_mb(),
+            reference,
+            reference_image,
+        );
+        if !args.json {
+            round.print_ratios(&of);
+        }
+        rounds.push(round);
+    }
     let n_steps = args
         .steps
         .unwrap_or(if args.mmproj.is_some() { 0 } else { 4 });
@@ -576,50 +640,8 @@ pub fn model(args: &ModelBenchArgs) -> Result<(), Failure> {
     } else {
         None
     };
-    let peak_rss_mb = own_peak_rss_mb();
-    drop(session);
-    drop(engine);
-    let mut reference = None;
-    let mut reference_image = None;
-    if let Some(dir) = &tools {
-        let binary = dir.join("llama-bench");
-        eprintln!("running {}...", binary.display());
-        reference = Some(llama_bench(
-            &binary,
-            &args.model,
-            config_threads(&config),
-            args,
-            image_figures.as_ref(),
-        )?);
-        if let Some(mmproj) = &args.mmproj {
-            let scratch = tempfile_path("deskhand-bench-frame.png");
-            frame
-                .image
-                .save(&scratch)
-                .with_context(|| format!("cannot write {}", scratch.display()))?;
-            let binary = dir.join("llama-mtmd-cli");
-            eprintln!("running {}...", binary.display());
-            let figures = mtmd_cli(
-                &binary,
-                args,
-                mmproj,
-                &scratch,
-                &config,
-                config_threads(&config),
-            );
-            let _ = std::fs::remove_file(&scratch);
-            reference_image = Some(figures?);
-        }
-    }
-    let report = ModelReport::new(
-        args,
-        config_threads(&config),
-        ours,
-        image_figures,
-        peak_rss_mb,
-        reference,
-        reference_image,
-    );
+    let report = ModelReport::median_of(rounds, own_peak_rss_mb())
+        .ok_or_else(|| anyhow!("no round ran (--rounds must be at least 1)"))?;
     if args.json {
         let mut value = serde_json::to_value(&report)?;
         if let (Some(step), Some(map)) = (&step, value.as_object_mut()) {
@@ -639,10 +661,6 @@ fn config_threads(config: &EngineConfig) -> i32 {
     config
         .threads
         .unwrap_or_else(|| i32::try_from(crate::model::llama::physical_cores()).unwrap_or(4))
-}
-
-fn tempfile_path(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("{}-{name}", std::process::id()))
 }
 
 /// Everything `bench model` measured; `--json` prints it as one object.
@@ -676,6 +694,8 @@ struct ModelReport {
     ratio_image_prefill: Option<f64>,
     /// deskhand's peak RSS minus llama-mtmd-cli's on the same files and image.
     rss_above_ref_mb: Option<f64>,
+    /// Each round's own figures, in the order they ran (empty inside a round).
+    rounds: Vec<ModelReport>,
 }
 
 impl ModelReport {
@@ -720,7 +740,64 @@ impl ModelReport {
                 .zip(ref_image_prefill_ms)
                 .map(|(i, r)| time_ratio(r, i.prefill_ms)),
             rss_above_ref_mb: reference_image.map(|r| peak_rss_mb - r.peak_rss_mb),
+            rounds: Vec::new(),
         }
+    }
+
+    /// The rounds as one report: each figure the median over the rounds and each ratio the
+    /// median of the rounds' ratios (each taken side by side, so it is the steadier figure);
+    /// memory is the peak over every round, and deskhand's is `peak_rss_mb`, the whole run's.
+    fn median_of(rounds: Vec<ModelReport>, peak_rss_mb: f64) -> Option<ModelReport> {
+        let median = |f: fn(&ModelReport) -> Option<f64>| {
+            let mut v: Vec<f64> = rounds.iter().filter_map(f).collect();
+            v.sort_by(f64::total_cmp);
+            match v.len() {
+                0 => None,
+                n if n % 2 == 1 => Some(v[n / 2]),
+                n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+            }
+        };
+        let ref_peak_rss_mb = rounds
+            .iter()
+            .filter_map(|r| r.ref_peak_rss_mb)
+            .reduce(f64::max);
+        let first = rounds.first()?;
+        Some(ModelReport {
+            model: first.model.clone(),
+            mmproj: first.mmproj.clone(),
+            threads: first.threads,
+            system_info: first.system_info.clone(),
+            prefill_tok_s: median(|r| Some(r.prefill_tok_s)).unwrap_or(f64::NAN),
+            decode_tok_s: median(|r| Some(r.decode_tok_s)).unwrap_or(f64::NAN),
+            image_tokens: first.image_tokens,
+            image_encode_ms: median(|r| r.image_encode_ms),
+            image_preprocess_ms: median(|r| r.image_preprocess_ms),
+            image_prefill_ms: median(|r| r.image_prefill_ms),
+            peak_rss_mb,
+            ref_prefill_tok_s: median(|r| r.ref_prefill_tok_s),
+            ref_decode_tok_s: median(|r| r.ref_decode_tok_s),
+            ref_image_encode_ms: median(|r| r.ref_image_encode_ms),
+            ref_image_prefill_ms: median(|r| r.ref_image_prefill_ms),
+            ref_peak_rss_mb,
+            ratio_prefill: median(|r| r.ratio_prefill),
+            ratio_decode: median(|r| r.ratio_decode),
+            ratio_image_encode: median(|r| r.ratio_image_encode),
+            ratio_image_prefill: median(|r| r.ratio_image_prefill),
+            rss_above_ref_mb: ref_peak_rss_mb.map(|r| peak_rss_mb - r),
+            rounds,
+        })
+    }
+
+    /// One line per round, as it finishes, so a long run shows where it is going.
+    fn print_ratios(&self, label: &str) {
+        let opt = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.3}"));
+        eprintln!(
+            "{label}: ratios prefill {} decode {} image encode {} image prefill {}",
+            opt(self.ratio_prefill),
+            opt(self.ratio_decode),
+            opt(self.ratio_image_encode),
+            opt(self.ratio_image_prefill)
+        );
     }
 
     fn print(&self) {
@@ -732,6 +809,10 @@ impl ModelReport {
             println!("mmproj {}", mmproj.display());
         }
         println!("llama.cpp built with: {}", self.system_info.trim());
+        println!(
+            "{} round(s) of deskhand then llama.cpp: medians of the figures, and of each round's ratios",
+            self.rounds.len().max(1)
+        );
         println!("                    deskhand    llama.cpp   ratio (speed, >1: deskhand faster)");
         println!(
             "text prefill tok/s  {:>9.1}    {:>9}   {}",
@@ -797,6 +878,82 @@ fn print_steps(step: &StepFigures) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn round(ours_tok_s: f64, ref_tok_s: f64, encode_ms: f64, ref_encode_ms: f64) -> ModelReport {
+        let args = ModelBenchArgs {
+            model: "m.gguf".into(),
+            mmproj: Some("p.gguf".into()),
+            family: None,
+            threads: None,
+            prompt_tokens: 512,
+            gen_tokens: 64,
+            repetitions: 1,
+            rounds: 3,
+            steps: None,
+            image_tokens: None,
+            llama_tools: None,
+            no_reference: false,
+            json: true,
+        };
+        let speeds = |tok_s| Speeds {
+            prefill_tokens_per_s: tok_s,
+            decode_tokens_per_s: tok_s / 10.0,
+        };
+        let image = ImageFigures {
+            image_tokens: 1200,
+            tokens_before: 50,
+            encode_ms,
+            preprocess_ms: 5.0,
+            prefill_ms: 1000.0,
+        };
+        let reference = LlamaBenchFigures {
+            speeds: speeds(ref_tok_s),
+            image_prefill_tokens_per_s: Some(1200.0),
+        };
+        let reference_image = MtmdCliFigures {
+            encode_ms: ref_encode_ms,
+            peak_rss_mb: ref_encode_ms / 10.0,
+        };
+        ModelReport::new(
+            &args,
+            2,
+            speeds(ours_tok_s),
+            Some(image),
+            100.0,
+            Some(reference),
+            Some(reference_image),
+        )
+    }
+
+    #[test]
+    fn rounds_give_medians_of_figures_and_of_their_own_ratios_and_the_highest_peaks() {
+        // A slow spell in the second round falls on both sides: its ratio is still 1.
+        let rounds = vec![
+            round(60.0, 50.0, 1000.0, 1100.0),
+            round(30.0, 30.0, 3000.0, 3000.0),
+            round(58.0, 60.0, 1050.0, 1000.0),
+        ];
+        let report = ModelReport::median_of(rounds, 500.0).unwrap();
+        assert_eq!(report.rounds.len(), 3);
+        assert_eq!(report.prefill_tok_s, 58.0);
+        assert_eq!(report.ref_prefill_tok_s, Some(50.0));
+        // The median of 1.2, 1.0 and 0.967, not 58 / 50.
+        assert_eq!(report.ratio_prefill, Some(1.0));
+        assert_eq!(report.ratio_decode, Some(1.0));
+        assert_eq!(report.image_encode_ms, Some(1050.0));
+        assert_eq!(report.ratio_image_encode, Some(1.0));
+        assert_eq!(report.ref_peak_rss_mb, Some(300.0));
+        assert_eq!(report.peak_rss_mb, 500.0);
+        assert_eq!(report.rss_above_ref_mb, Some(200.0));
+        assert!(ModelReport::median_of(Vec::new(), 1.0).is_none());
+        let two = ModelReport::median_of(
+            vec![round(40.0, 50.0, 1.0, 1.0), round(60.0, 50.0, 1.0, 1.0)],
+            1.0,
+        )
+        .unwrap();
+        assert_eq!(two.prefill_tok_s, 50.0);
+        assert_eq!(two.ratio_prefill, Some(1.0));
+    }
 
     #[test]
     fn vm_hwm_is_read_from_proc_status() {
