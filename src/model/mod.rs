@@ -3,6 +3,7 @@
 //! plus a small parser each; decoding is grammar-constrained so a reply always parses.
 
 pub mod compat;
+pub mod conversation;
 pub mod family;
 pub mod gguf;
 pub mod gguf_write;

@@ -22,6 +22,7 @@
 use serde_json::Value;
 
 use crate::input::{Action, MouseButton};
+use crate::model::conversation::{self, Instruction, Rendered, TurnView};
 use crate::screen::{FrameTarget, ModelPoint, PointFormat};
 
 use super::grammar::{self, Gbnf, one_of};
@@ -69,6 +70,15 @@ impl Family for Gemma3 {
         marker: &str,
     ) -> RenderedPrompt {
         template::gemma(system, task, history, images, marker)
+    }
+
+    fn render_conversation(&self, system: &str, task: &str, turns: &[TurnView<'_>]) -> Rendered {
+        let instruction = Instruction {
+            before: "Task: ",
+            task,
+            after: "",
+        };
+        conversation::gemma(system, &instruction, turns)
     }
 
     fn grammar(&self) -> String {

@@ -44,6 +44,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::input::{Action, MouseButton};
+use crate::model::conversation::{Rendered, TurnView};
 use crate::screen::{FrameMap, FrameTarget, MapError, ModelPoint, PointFormat};
 
 pub use gemma::Gemma3;
@@ -145,6 +146,12 @@ pub trait Family: Send + Sync {
         images: usize,
         marker: &str,
     ) -> RenderedPrompt;
+
+    /// The conversation in the family's trained layout, as pieces that keep the template's
+    /// markup apart from the task, the replies and the loop's notes (see
+    /// [`crate::model::conversation`]). A later step's rendering extends an earlier one's,
+    /// except where screenshots have left the conversation, so the KV cache can keep it.
+    fn render_conversation(&self, system: &str, task: &str, turns: &[TurnView<'_>]) -> Rendered;
 
     /// A GBNF grammar (llama.cpp syntax, root rule `root`) that accepts exactly the family's
     /// reply syntax: an optional short thought, then exactly one action, then nothing.

@@ -43,6 +43,7 @@
 use serde_json::{Map, Value};
 
 use crate::input::MouseButton;
+use crate::model::conversation::{self, Instruction, Rendered, TurnView};
 use crate::screen::{FrameTarget, ModelPoint, PointFormat};
 
 use super::grammar::{self, Gbnf, one_of};
@@ -117,6 +118,15 @@ impl Family for QwenVl {
         marker: &str,
     ) -> RenderedPrompt {
         template::chatml(system, &format!("Task: {task}"), history, images, marker)
+    }
+
+    fn render_conversation(&self, system: &str, task: &str, turns: &[TurnView<'_>]) -> Rendered {
+        let instruction = Instruction {
+            before: "Task: ",
+            task,
+            after: "\n",
+        };
+        conversation::chatml(system, &instruction, turns)
     }
 
     fn grammar(&self) -> String {

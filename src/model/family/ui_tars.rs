@@ -32,6 +32,7 @@
 //!   press, any wait as `wait()`, a failure as `call_user()` with the reason as the thought.
 
 use crate::input::MouseButton;
+use crate::model::conversation::{self, Instruction, Rendered, TurnView};
 use crate::screen::{FrameTarget, ModelPoint, PointFormat};
 
 use super::grammar::{self, Gbnf, lit, one_of};
@@ -89,6 +90,18 @@ impl Family for UiTars {
         // The prompt file ends with "## User Instruction"; the task follows it.
         let user_opening = format!("{}\n{task}", system.trim_end());
         template::chatml(CHATML_SYSTEM, &user_opening, history, images, marker)
+    }
+
+    fn render_conversation(&self, system: &str, task: &str, turns: &[TurnView<'_>]) -> Rendered {
+        // The prompt file ends with "## User Instruction"; the task follows it, as in the
+        // published COMPUTER_USE template, with Qwen's default system turn before it.
+        let before = format!("{}\n", system.trim_end());
+        let instruction = Instruction {
+            before: &before,
+            task,
+            after: "\n",
+        };
+        conversation::chatml(CHATML_SYSTEM, &instruction, turns)
     }
 
     fn grammar(&self) -> String {
