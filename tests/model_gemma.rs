@@ -5,7 +5,7 @@
 mod models;
 
 use deskhand::model::llama::{EngineConfig, LlamaEngine};
-use deskhand::model::{Backend, FamilyId, Prompt};
+use deskhand::model::{Backend, FamilyId, PastTurn, Prompt};
 use deskhand::screen::{Frame, FrameMap, MonitorInfo};
 use image::RgbImage;
 
@@ -57,13 +57,11 @@ fn grammar_constrained_gemma_gives_a_valid_action_for_every_task() {
     let frame = frame();
     let mut kinds = std::collections::BTreeSet::new();
     for task in TASKS {
-        let prompt = Prompt {
-            system: engine.family().system_prompt().to_owned(),
-            task: task.to_owned(),
-            history: Vec::new(),
-            earlier_frames: Vec::new(),
-            frame: &frame,
-        };
+        let prompt = Prompt::first(
+            engine.family().system_prompt().to_owned(),
+            task.to_owned(),
+            &frame,
+        );
         let reply = session
             .reply(&prompt)
             .unwrap_or_else(|e| panic!("task {task:?}: {e}"));
@@ -83,23 +81,30 @@ fn grammar_constrained_gemma_gives_a_valid_action_for_every_task() {
 }
 
 #[test]
-fn later_steps_evaluate_only_what_follows_the_cached_prefix() {
+fn later_steps_evaluate_only_what_the_cache_does_not_hold() {
     let config = EngineConfig::new(models::text_model(), None, FamilyId::Gemma3);
     let engine = LlamaEngine::load(config).expect("load Gemma 3 270M");
     let mut session = engine.session().expect("context");
     let frame = frame();
-    let mut history = Vec::new();
+    let mut replies: Vec<String> = Vec::new();
     let mut per_step = Vec::new();
-    for step in 0..3 {
+    for _ in 0..3 {
         let prompt = Prompt {
             system: engine.family().system_prompt().to_owned(),
             task: "Open the settings and turn on dark mode.".to_owned(),
-            history: history.clone(),
-            earlier_frames: Vec::new(),
+            past: replies
+                .iter()
+                .map(|reply| PastTurn {
+                    note: "That action was not run: denied by policy: a test.".into(),
+                    frame: None,
+                    reply: reply.clone(),
+                })
+                .collect(),
+            note: String::new(),
             frame: &frame,
         };
         let reused = session.generate(&prompt).unwrap();
-        session.forget_prefix();
+        session.forget_cache();
         let full = session.generate(&prompt).unwrap();
         // Both replies are actions (numerics may differ in the last bits, since the two
         // evaluations batch the tokens differently).
@@ -110,14 +115,14 @@ fn later_steps_evaluate_only_what_follows_the_cached_prefix() {
             reused.timings.reused_tokens,
             full.timings.prefill_tokens,
         ));
-        history.push(format!("Step {}: {}", step + 1, reused.text.trim()));
+        replies.push(full.text);
     }
     eprintln!("(evaluated with reuse, reused, evaluated without reuse) per step: {per_step:?}");
-    // The first step fills the cache; each later step (after the recompute that reset it,
-    // the cache again holds the prefix) reuses it.
+    // The first step fills the cache; each later step finds the last prompt and its reply
+    // there (left by the recompute) and evaluates only the new turn.
     for &(with_reuse, reused, full) in &per_step[1..] {
-        assert!(reused > 0, "{per_step:?}");
         assert_eq!(with_reuse + reused, full, "{per_step:?}");
+        assert!(with_reuse * 5 < full, "{per_step:?}");
     }
 }
 
@@ -139,20 +144,22 @@ fn quantized_prefill_in_batches_of_64_then_decode() {
     let engine = LlamaEngine::load(config).expect("load Gemma 3 270M");
     let mut session = engine.session().expect("context");
     let frame = frame();
-    let history: Vec<String> = (1..=12)
-        .map(|i| {
-            format!(
-                "Step {i}: Thought: the settings window is not open yet, so I look for the gear icon in the top bar and click it. Action: click at ({}, {})",
+    let past: Vec<PastTurn> = (1..=12)
+        .map(|i| PastTurn {
+            note: String::new(),
+            frame: None,
+            reply: format!(
+                "Thought: the settings window is not open yet, so I look for the gear icon in the top bar and click it.\nAction: {{\"action\": \"click\", \"x\": {}, \"y\": {}}}",
                 100 + i * 7,
                 40 + i * 3
-            )
+            ),
         })
         .collect();
     let prompt = Prompt {
         system: engine.family().system_prompt().to_owned(),
         task: "Open the settings and turn on dark mode.".to_owned(),
-        history,
-        earlier_frames: Vec::new(),
+        past,
+        note: String::new(),
         frame: &frame,
     };
     let reply = session

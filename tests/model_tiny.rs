@@ -8,7 +8,7 @@ mod models;
 use common::{TestWindow, display};
 use deskhand::model::llama::{EngineConfig, LlamaEngine};
 use deskhand::model::tiny::{TINY_IMAGE_SIZE, TINY_IMAGE_TOKENS, write_tiny_vlm};
-use deskhand::model::{Backend, FamilyId, Prompt};
+use deskhand::model::{Backend, FamilyId, PastTurn, Prompt};
 use deskhand::screen::{FrameTarget, Screen, X11Screen};
 
 #[test]
@@ -33,13 +33,20 @@ fn the_tiny_vlm_sees_a_real_screenshot_and_returns_a_valid_action() {
     let frame = screen.capture(&monitor, engine.frame_target()).unwrap();
     assert_eq!(frame.image.dimensions(), (TINY_IMAGE_SIZE, TINY_IMAGE_SIZE));
 
-    let mut history = Vec::new();
+    let mut replies: Vec<String> = Vec::new();
     for step in 0..2 {
         let prompt = Prompt {
             system: engine.family().system_prompt().to_owned(),
             task: "Click the red button.".to_owned(),
-            history: history.clone(),
-            earlier_frames: Vec::new(),
+            past: replies
+                .iter()
+                .map(|reply| PastTurn {
+                    note: String::new(),
+                    frame: Some(&frame),
+                    reply: reply.clone(),
+                })
+                .collect(),
+            note: String::new(),
             frame: &frame,
         };
         let reply = session
@@ -58,6 +65,7 @@ fn the_tiny_vlm_sees_a_real_screenshot_and_returns_a_valid_action() {
             "{:?}",
             reply.timings
         );
+        // Only this step's screenshot: the earlier one is in the cache.
         assert_eq!(reply.timings.image_encodes, 1);
         // Points are screen pixels of the captured monitor.
         for p in reply.action.points() {
@@ -69,12 +77,13 @@ fn the_tiny_vlm_sees_a_real_screenshot_and_returns_a_valid_action() {
         }
         if step == 1 {
             assert!(
-                reply.timings.reused_tokens > 0,
-                "the second step reuses the system+task prefix"
+                reply.timings.reused_tokens > reply.timings.prefill_tokens,
+                "the second step reuses the first step's prompt and reply: {:?}",
+                reply.timings
             );
         }
         eprintln!("step {step}: {:?} -> {}", reply.raw, reply.action.to_json());
-        history.push(reply.action.to_json());
+        replies.push(reply.raw.clone());
     }
 }
 

@@ -11,7 +11,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Kill, TestWindow, display, find_colour};
-use deskhand::agent::{self, Guards, RunOptions, RunResult, Stages, Unattended, User, UserAnswer};
+use deskhand::agent::{
+    self, Guards, ImageWindow, RunOptions, RunResult, Stages, Unattended, User, UserAnswer,
+};
 use deskhand::input::{AbortSignal, Action, EnigoDevice, Executor, Hands, MouseButton};
 use deskhand::model::{Backend, ModelError, Prompt, Reply, Timings};
 use deskhand::policy::{Answer, Checker, Decision, Layer, PolicyEngine, Request};
@@ -31,8 +33,7 @@ struct ScreenReader<F: FnMut(&Frame, usize) -> Action> {
 
 impl<F: FnMut(&Frame, usize) -> Action> Backend for ScreenReader<F> {
     fn reply(&mut self, prompt: &Prompt<'_>) -> Result<Reply, ModelError> {
-        self.seen
-            .push((prompt.history.len(), prompt.earlier_frames.len()));
+        self.seen.push((prompt.past.len(), prompt.images() - 1));
         let action = (self.plan)(prompt.frame, self.step);
         self.step += 1;
         Ok(Reply {
@@ -95,7 +96,10 @@ fn run_loop_with(
     let options = RunOptions {
         task: task.into(),
         system_prompt: String::new(),
-        images: 2,
+        window: ImageWindow {
+            images: 2,
+            evict_every: 0,
+        },
         dry_run: false,
         yes: false,
         frame_target: FrameTarget::MaxPixels {

@@ -10,7 +10,7 @@ mod models;
 use deskhand::model::gguf;
 use deskhand::model::llama::{EngineConfig, LlamaEngine};
 use deskhand::model::synth::{self, Projector, Shape, TextShape, VisionShape};
-use deskhand::model::{Backend, FamilyId, Prompt};
+use deskhand::model::{Backend, FamilyId, PastTurn, Prompt};
 use deskhand::screen::{Frame, FrameMap, MonitorInfo};
 use image::RgbImage;
 
@@ -104,13 +104,11 @@ fn a_synthetic_qwen25_vl_pair_loads_sees_a_frame_and_replies() {
         }),
         map: FrameMap::new(&monitor, w, h),
     };
-    let prompt = Prompt {
-        system: engine.family().system_prompt().to_owned(),
-        task: "Click the red button.".into(),
-        history: Vec::new(),
-        earlier_frames: Vec::new(),
-        frame: &frame,
-    };
+    let prompt = Prompt::first(
+        engine.family().system_prompt().to_owned(),
+        "Click the red button.".into(),
+        &frame,
+    );
     let reply = session.reply(&prompt).expect("a reply from random weights");
     reply.action.validate().expect("the grammar keeps it valid");
     let t = &reply.timings;
@@ -121,20 +119,23 @@ fn a_synthetic_qwen25_vl_pair_loads_sees_a_frame_and_replies() {
     assert!(t.image_encode_ms > 0.0 && t.decode_tokens > 0);
     assert_eq!(t.new_tokens, t.prefill_tokens, "the first step is all new");
 
-    // The next step with the same frame in history adds only text and the new frame.
-    let earlier = [&frame];
+    // The next step: the first screenshot, the reply and all before them are in the cache;
+    // only the new turn and its screenshot are evaluated.
     let next = Prompt {
-        history: vec![format!("Step 1: {}", reply.raw.trim())],
-        earlier_frames: earlier.to_vec(),
+        past: vec![PastTurn {
+            note: String::new(),
+            frame: Some(&frame),
+            reply: reply.raw.clone(),
+        }],
         ..prompt
     };
     let second = session.generate(&next).unwrap().timings;
     assert_eq!(
-        second.image_encodes, 2,
-        "every frame in the prompt is encoded again"
+        second.image_encodes, 1,
+        "only the new screenshot: {second:?}"
     );
     assert!(
-        second.new_tokens < second.prefill_tokens,
-        "the repeated frame is not new: {second:?}"
+        second.reused_tokens >= t.prefill_tokens,
+        "the first prompt stays in the cache: {second:?}"
     );
 }

@@ -14,7 +14,7 @@ pub use script::ScriptBackend;
 pub use user::{TerminalUser, Unattended, User, UserAnswer};
 
 use crate::input::{ABORT_EXIT_CODE, AbortReason, AbortSignal, Action, Hands, InputError};
-use crate::model::{Backend, Prompt, Reply, ms};
+use crate::model::{Backend, PastTurn, Prompt, Reply, ms};
 use crate::policy::{Answer, Decision, Layer, Policy, Request, Verdict, WindowRef};
 use crate::screen::{
     ActiveWindow, Frame, FrameTarget, MonitorInfo, Observation, Screen, SettleOptions,
@@ -56,12 +56,13 @@ impl Default for Guards {
     }
 }
 
+#[derive(Clone)]
 pub struct RunOptions {
     pub task: String,
     /// The family's system prompt.
     pub system_prompt: String,
-    /// Frames in each prompt: the current one plus up to `images - 1` earlier ones.
-    pub images: usize,
+    /// The screenshots each prompt shows.
+    pub window: ImageWindow,
     pub dry_run: bool,
     /// Answer asks with "once", except the floor's.
     pub yes: bool,
@@ -98,8 +99,14 @@ pub struct RunResult {
 
 /// Where the loop stands between steps.
 struct State {
-    history: Vec<String>,
-    frames: Vec<Frame>,
+    /// The conversation so far: each earlier step's note, its screenshot while it is in the
+    /// window, and the model's reply.
+    turns: Vec<Turn>,
+    /// What the next user turn tells the model before its screenshot.
+    note: String,
+    /// The frame this step shows the model; it joins `turns` with the reply. Until then it is
+    /// the last frame seen, which the unchanged-screen guard compares the next one with.
+    current: Option<Frame>,
     last_proposed: Option<Action>,
     repeated: u32,
     unchanged: u32,
@@ -110,15 +117,42 @@ struct State {
     acted: bool,
 }
 
-/// The most history lines the model is shown; older steps drop out, so a long run's prompt
-/// (and memory) stays bounded.
-const HISTORY_LINES: usize = 50;
+/// One earlier step as the conversation keeps it.
+struct Turn {
+    note: String,
+    frame: Option<Frame>,
+    reply: String,
+}
+
+/// How many screenshots the conversation shows. Dropping one changes everything after it,
+/// which must then be evaluated again, so they leave in batches: the window grows from
+/// `images` to `images + evict_every` screenshots, then the oldest `evict_every` leave at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageWindow {
+    /// Screenshots always shown, the current one included (at least 1).
+    pub images: usize,
+    /// How many more the window may grow by before they leave together (0: every step).
+    pub evict_every: usize,
+}
+
+impl ImageWindow {
+    /// How many of `turns`' screenshots stay, counting the one the next step brings.
+    fn keep(self, shown: usize) -> usize {
+        let images = self.images.max(1);
+        if shown + 1 > images + self.evict_every {
+            images - 1
+        } else {
+            shown
+        }
+    }
+}
 
 impl State {
     fn new() -> State {
         State {
-            history: Vec::new(),
-            frames: Vec::new(),
+            turns: Vec::new(),
+            note: String::new(),
+            current: None,
             last_proposed: None,
             repeated: 0,
             unchanged: 0,
@@ -128,12 +162,52 @@ impl State {
         }
     }
 
-    fn remember(&mut self, line: String) {
-        self.history.push(line);
-        if self.history.len() > HISTORY_LINES {
-            let excess = self.history.len() - HISTORY_LINES;
-            self.history.drain(..excess);
+    /// The prompt for this step: the conversation and the current frame.
+    fn prompt<'a>(&'a self, options: &RunOptions) -> Option<Prompt<'a>> {
+        Some(Prompt {
+            system: options.system_prompt.clone(),
+            task: options.task.clone(),
+            past: self
+                .turns
+                .iter()
+                .map(|t| PastTurn {
+                    note: t.note.clone(),
+                    frame: t.frame.as_ref(),
+                    reply: t.reply.clone(),
+                })
+                .collect(),
+            note: self.note.clone(),
+            frame: self.current.as_ref()?,
+        })
+    }
+
+    /// The model replied: the step joins the conversation with its screenshot, `note` is what
+    /// the next turn will say about the reply, and old screenshots leave as `window` says.
+    fn close_turn(&mut self, reply: &str, note: String, window: ImageWindow) {
+        self.turns.push(Turn {
+            note: std::mem::replace(&mut self.note, note),
+            frame: self.current.clone(),
+            reply: reply.to_owned(),
+        });
+        let shown = self.turns.iter().filter(|t| t.frame.is_some()).count();
+        let mut leaving = shown - window.keep(shown);
+        for turn in &mut self.turns {
+            if leaving == 0 {
+                break;
+            }
+            if turn.frame.take().is_some() {
+                leaving -= 1;
+            }
         }
+    }
+
+    /// The step ended without a reply to keep: its screenshot does not join the conversation,
+    /// and the next turn says why along with what it had to say already.
+    fn add_note(&mut self, note: &str) {
+        if !self.note.is_empty() {
+            self.note.push('\n');
+        }
+        self.note.push_str(note);
     }
 }
 
@@ -188,7 +262,7 @@ pub fn run(options: &RunOptions, stages: Stages<'_>) -> RunResult {
         ),
         dry_run: options.dry_run,
         max_steps: options.guards.max_steps,
-        images: options.images,
+        images: options.window.images,
     };
     let mut result = RunResult {
         exit_code: 1,
@@ -328,7 +402,7 @@ impl Context<'_, '_> {
         draft.settled = observed.settled;
         if std::mem::take(&mut state.acted) {
             // The same tolerance as settling: a blinking caret is not a change.
-            let same = state.frames.last().is_some_and(|before| {
+            let same = state.current.as_ref().is_some_and(|before| {
                 changed_fraction(before, &observed.frame)
                     <= self.options.settle.max_changed_fraction
             });
@@ -386,22 +460,9 @@ impl Context<'_, '_> {
         let step = draft.step;
         self.user.phase(step, "model");
         let prompt_started = Instant::now();
-        state.frames.push(observed.frame);
-        let keep = self.options.images.max(1);
-        if state.frames.len() > keep {
-            let excess = state.frames.len() - keep;
-            state.frames.drain(..excess);
-        }
-        let (current, earlier) = match state.frames.split_last() {
-            Some(split) => split,
-            None => return Err(end(1, RunStatus::Error, "no frame to show the model")),
-        };
-        let prompt = Prompt {
-            system: self.options.system_prompt.clone(),
-            task: self.options.task.clone(),
-            history: state.history.clone(),
-            earlier_frames: earlier.iter().collect(),
-            frame: current,
+        state.current = Some(observed.frame);
+        let Some(prompt) = state.prompt(self.options) else {
+            return Err(end(1, RunStatus::Error, "no frame to show the model"));
         };
         draft.timings.prompt_ms = ms(prompt_started.elapsed());
         let model_started = Instant::now();
@@ -426,7 +487,7 @@ impl Context<'_, '_> {
         state.model_errors += 1;
         // The error may quote the raw reply, which may hold what a detector flags.
         let e = self.policy.redact(&e.to_string());
-        state.remember(format!("Step {step}: your reply could not be used: {e}"));
+        state.add_note(&format!("Your last reply could not be used: {e}"));
         draft.timings.total_ms = ms(draft.started.elapsed());
         let rec = draft.record(Outcome::Error {
             stage: "model".into(),
@@ -584,13 +645,11 @@ impl Context<'_, '_> {
             &outcome,
             &draft.timings,
         );
-        state.remember(history_line(
-            step,
-            thought.clone(),
-            &redacted_action,
-            &decision,
-            &outcome,
-        ));
+        state.close_turn(
+            &reply.raw,
+            self.policy.redact(&note_after(&decision, &outcome)),
+            self.options.window,
+        );
         let ended = self.ending(&outcome, state);
         draft.record_ms += ms(record_started.elapsed());
         draft.timings.record_ms = draft.record_ms;
@@ -937,39 +996,27 @@ impl WindowsReached {
     }
 }
 
-/// One step as the model reads it in later prompts.
-fn history_line(
-    step: u32,
-    thought: Option<String>,
-    action: &Action,
-    decision: &Decision,
-    outcome: &Outcome,
-) -> String {
-    let mut line = format!("Step {step}:");
-    if let Some(thought) = thought.filter(|t| !t.is_empty()) {
-        line.push_str(&format!(" thought: {thought}."));
-    }
-    line.push_str(&format!(" action: {}.", action.to_json()));
-    let result = match outcome {
+/// What the next user turn tells the model about its last reply, before the new screenshot:
+/// nothing when the action simply ran, as in the conversations the models were trained on.
+fn note_after(decision: &Decision, outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Executed { .. } | Outcome::Waited { .. } => String::new(),
         Outcome::Refused {
             by: Refuser::Policy,
             ..
-        } => decision.refusal(),
+        } => format!("That action was not run: {}.", decision.refusal()),
         Outcome::Refused {
             by: Refuser::User, ..
-        } => "the user refused it".to_owned(),
-        Outcome::Executed { .. } => "executed".to_owned(),
-        Outcome::DryRun => "allowed, not executed (dry run)".to_owned(),
-        Outcome::Waited { ms } => format!("waited {ms} ms"),
+        } => "That action was not run: the user refused it.".to_owned(),
+        Outcome::DryRun => "That action was allowed but not run (dry run).".to_owned(),
         Outcome::Asked {
             answer: Some(answer),
             ..
-        } => format!("the user answered: {answer}"),
-        Outcome::Error { error, .. } => format!("failed: {error}"),
-        other => format!("{other:?}"),
-    };
-    line.push_str(&format!(" result: {result}."));
-    line
+        } => format!("The user answered: {answer}"),
+        Outcome::Asked { answer: None, .. } => "The user did not answer.".to_owned(),
+        Outcome::Error { error, .. } => format!("That action failed: {error}"),
+        Outcome::Done { .. } | Outcome::Failed { .. } | Outcome::Aborted { .. } => String::new(),
+    }
 }
 
 fn summary_line(
@@ -1120,7 +1167,10 @@ mod tests {
         let options = RunOptions {
             task: "click".into(),
             system_prompt: String::new(),
-            images: 1,
+            window: ImageWindow {
+                images: 1,
+                evict_every: 0,
+            },
             dry_run: false,
             yes: false,
             frame_target: FrameTarget::Original,
@@ -1155,17 +1205,87 @@ mod tests {
         assert!(result.steps <= 5, "{result:?}");
     }
 
-    #[test]
-    fn the_history_keeps_only_its_latest_lines() {
-        let mut state = State::new();
-        for step in 1..=HISTORY_LINES + 20 {
-            state.remember(format!("Step {step}"));
+    fn tiny_frame(shade: u8) -> Frame {
+        Frame {
+            image: image::RgbImage::from_pixel(4, 4, image::Rgb([shade; 3])),
+            map: FrameMap::new(&monitor(), 4, 4),
         }
-        assert_eq!(state.history.len(), HISTORY_LINES);
-        assert_eq!(state.history[0], "Step 21");
+    }
+
+    fn options_with(window: ImageWindow) -> RunOptions {
+        RunOptions {
+            task: "t".into(),
+            system_prompt: String::new(),
+            window,
+            dry_run: false,
+            yes: false,
+            frame_target: FrameTarget::Original,
+            settle: SettleOptions::default(),
+            guards: Guards::default(),
+            engine: String::new(),
+            policy: String::new(),
+        }
+    }
+
+    /// Screenshots leave in batches: the prompt shows 3 to 3 + 2 of them, the latest ones,
+    /// every turn's text stays, and each note goes with the turn it was said in.
+    #[test]
+    fn screenshots_leave_the_conversation_in_batches_and_the_text_stays() {
+        let window = ImageWindow {
+            images: 3,
+            evict_every: 2,
+        };
+        let options = options_with(window);
+        let mut state = State::new();
+        let mut shown = Vec::new();
+        for step in 0..12u8 {
+            state.current = Some(tiny_frame(step));
+            let prompt = state.prompt(&options).unwrap();
+            assert_eq!(prompt.past.len(), usize::from(step));
+            shown.push(prompt.images());
+            if let Some(first) = prompt.past.iter().position(|t| t.frame.is_some()) {
+                assert!(prompt.past[first..].iter().all(|t| t.frame.is_some()));
+            }
+            state.close_turn(
+                &format!("reply {step}"),
+                format!("note after {step}"),
+                window,
+            );
+        }
+        assert_eq!(shown, vec![1, 2, 3, 4, 5, 3, 4, 5, 3, 4, 5, 3]);
+        assert_eq!(state.turns[0].note, "");
+        assert_eq!(state.turns[1].note, "note after 0");
+        assert_eq!(state.turns[11].reply, "reply 11");
+        assert_eq!(state.note, "note after 11");
+        // Without batches, exactly `images` every step.
+        let window = ImageWindow {
+            images: 2,
+            evict_every: 0,
+        };
+        let mut state = State::new();
+        for step in 0..5u8 {
+            state.current = Some(tiny_frame(step));
+            let shown = state.prompt(&options_with(window)).unwrap().images();
+            assert_eq!(shown, usize::from(step).min(1) + 1);
+            state.close_turn("r", String::new(), window);
+        }
+    }
+
+    #[test]
+    fn a_reply_that_could_not_be_used_leaves_no_turn_and_a_note() {
+        let window = ImageWindow {
+            images: 3,
+            evict_every: 0,
+        };
+        let mut state = State::new();
+        state.current = Some(tiny_frame(1));
+        state.close_turn("r", "That action failed: x".into(), window);
+        state.current = Some(tiny_frame(2));
+        state.add_note("Your last reply could not be used: y");
+        assert_eq!(state.turns.len(), 1);
         assert_eq!(
-            state.history.last().map(String::as_str),
-            Some(format!("Step {}", HISTORY_LINES + 20).as_str())
+            state.note,
+            "That action failed: x\nYour last reply could not be used: y"
         );
     }
 }

@@ -13,8 +13,9 @@ use serde::Serialize;
 
 use super::Summary;
 use crate::cli::Failure;
+use crate::model::conversation::Piece;
 use crate::model::llama::{EngineConfig, LlamaEngine, LlamaSession};
-use crate::model::{FamilyId, Prompt};
+use crate::model::{FamilyId, PastTurn, Prompt};
 use crate::screen::{Frame, FrameMap, FrameTarget, MonitorInfo};
 
 #[derive(Debug, Args)]
@@ -78,7 +79,7 @@ struct StepFigures {
     step_ms: Summary,
     image_encode_ms: f64,
     image_tokens: usize,
-    /// Tokens evaluated per step with the prefix cache, and with a full recompute.
+    /// Tokens evaluated per step with the cache, and with a full recompute.
     prefill_tokens_with_reuse: Vec<usize>,
     prefill_tokens_full_recompute: Vec<usize>,
     /// Time to produce one complete action with the grammar, and the same number of tokens
@@ -141,7 +142,7 @@ fn steps(
     let frame = synthetic_frame(engine.frame_target())?;
     let family = engine.family();
     let task = "Open the Settings window and turn on dark mode.".to_owned();
-    let mut history: Vec<String> = Vec::new();
+    let mut replies: Vec<String> = Vec::new();
     let mut step_times = Vec::new();
     let mut with_reuse = Vec::new();
     let mut full = Vec::new();
@@ -151,30 +152,39 @@ fn steps(
     let mut image_tokens = 0;
     let mut action_tokens = 0;
     let mut sample_reply = String::new();
-    for step in 0..n_steps {
-        let prompt = Prompt {
-            system: family.system_prompt().to_owned(),
-            task: task.clone(),
-            history: history.clone(),
-            earlier_frames: Vec::new(),
-            frame: &frame,
-        };
-        // From scratch: evaluates everything, and leaves the prefix in the cache.
-        session.forget_prefix();
-        let recomputed = session.generate(&prompt)?;
-        full.push(recomputed.timings.prefill_tokens);
-        // The step as the loop runs it: the system+task prefix comes from the cache.
-        let reused = session.generate(&prompt)?;
+    let prompt_after = |replies: &[String]| Prompt {
+        system: family.system_prompt().to_owned(),
+        task: task.clone(),
+        past: replies
+            .iter()
+            .map(|reply| PastTurn {
+                note: String::new(),
+                frame: None,
+                reply: reply.clone(),
+            })
+            .collect(),
+        note: String::new(),
+        frame: &frame,
+    };
+    // The steps as the loop runs them: each evaluates what the cache does not hold yet.
+    session.forget_cache();
+    for _ in 0..n_steps {
+        let reused = session.generate(&prompt_after(&replies))?;
         with_reuse.push(reused.timings.prefill_tokens);
         step_times.push(Duration::from_secs_f64(reused.timings.total_ms / 1e3));
         constrained.push(Duration::from_secs_f64(reused.timings.decode_ms / 1e3));
         image_encode_ms = reused.timings.image_encode_ms;
         image_tokens = reused.timings.image_tokens;
         action_tokens = reused.timings.decode_tokens;
-        // The same number of tokens without the grammar (this resets the cache).
-        unconstrained.push(session.bench_decode(action_tokens.max(1))?);
         sample_reply = reused.text.clone();
-        history.push(format!("Step {}: {}", step + 1, reused.text.trim()));
+        replies.push(reused.text);
+    }
+    // The same prompts from scratch, and as many tokens decoded without the grammar.
+    for step in 0..n_steps {
+        session.forget_cache();
+        let recomputed = session.generate(&prompt_after(&replies[..step]))?;
+        full.push(recomputed.timings.prefill_tokens);
+        unconstrained.push(session.bench_decode(recomputed.timings.decode_tokens.max(1))?);
     }
     let summary = |v: &[Duration]| Summary::of(v).ok_or_else(|| anyhow!("no steps measured"));
     Ok(StepFigures {
@@ -327,14 +337,12 @@ fn image(
     let mut runs = Vec::new();
     let first_counted = usize::from(warm_up);
     for run in 0..first_counted + repetitions.max(1) {
-        let prompt = Prompt {
-            system: engine.family().system_prompt().to_owned(),
-            task: "Open the Settings window and turn on dark mode.".into(),
-            history: Vec::new(),
-            earlier_frames: Vec::new(),
+        let prompt = Prompt::first(
+            engine.family().system_prompt().to_owned(),
+            "Open the Settings window and turn on dark mode.".into(),
             frame,
-        };
-        session.forget_prefix();
+        );
+        session.forget_cache();
         let t = session.generate(&prompt)?.timings;
         if run < first_counted {
             continue;
@@ -363,18 +371,25 @@ fn image(
     })
 }
 
-/// The prompt's tokens before its (only) image: the template's text up to the image marker,
-/// and the vision-start token mtmd puts in front of the image.
+/// The prompt's tokens before its (only) image: the template's pieces up to the image, the
+/// BOS token where the model has one, and the vision-start token mtmd puts in front of it.
 fn tokens_before_image(engine: &LlamaEngine, prompt: &Prompt<'_>) -> usize {
-    let marker = llama_cpp_2::mtmd::mtmd_default_marker();
-    let rendered = engine
-        .family()
-        .render(&prompt.system, &prompt.task, &prompt.history, 1, marker);
-    let before = rendered.rest.split(marker).next().unwrap_or_default();
+    let rendered =
+        engine
+            .family()
+            .render_conversation(&prompt.system, &prompt.task, &prompt.turns());
     let vocab = engine.model().vocab();
-    vocab.tokenize(rendered.prefix.as_bytes(), true, true).len()
-        + vocab.tokenize(before.as_bytes(), false, true).len()
-        + 1
+    let before: usize = rendered
+        .pieces
+        .iter()
+        .take_while(|p| !matches!(p, Piece::Image { .. }))
+        .map(|p| match p {
+            Piece::Markup(t) => vocab.tokenize(t.as_bytes(), false, true).len(),
+            Piece::Content(t) => vocab.tokenize(t.as_bytes(), false, false).len(),
+            Piece::Image { .. } => 0,
+        })
+        .sum();
+    vocab.tokenize(b"", true, true).len() + before + 1
 }
 
 /// llama-mtmd-cli's figures for the same files, image and threads, and its peak RSS.

@@ -11,11 +11,11 @@ use anyhow::{Context, anyhow};
 use clap::Args;
 use serde::Serialize;
 
-use crate::agent::{self, Guards, RunOptions, Stages, Unattended};
+use crate::agent::{self, Guards, ImageWindow, RunOptions, Stages, Unattended};
 use crate::cli::Failure;
 use crate::input::{AbortSignal, EnigoDevice, Executor};
 use crate::model::family::FamilyId;
-use crate::model::llama::{EngineConfig, LlamaEngine};
+use crate::model::llama::{EngineConfig, LlamaEngine, LlamaSession, Reuse};
 use crate::model::tiny::{TINY_IMAGE_SIZE, write_tiny_vlm};
 use crate::policy::{Checker, Layer, PolicyEngine};
 use crate::screen::{FrameTarget, Screen, SettleOptions, VirtualDisplay, X11Screen};
@@ -38,9 +38,17 @@ pub struct StepBenchArgs {
     /// The model's family (default: from the model's metadata).
     #[arg(long)]
     pub family: Option<FamilyId>,
-    /// Frames kept in the prompt: the current one and N-1 earlier ones.
+    /// Screenshots always in the prompt: the current one and N-1 earlier ones.
     #[arg(long, default_value_t = 3)]
     pub images: usize,
+    /// Older screenshots leave K at a time (see `deskhand run --help`).
+    #[arg(long, default_value_t = crate::cli::run::DEFAULT_EVICT_EVERY, value_name = "K")]
+    pub evict_every: usize,
+    /// Run the same steps again as deskhand did before the conversation, in the same run:
+    /// exactly N screenshots, each encoded and everything after the system prompt and task
+    /// evaluated again at every step; the summary compares the two.
+    #[arg(long)]
+    pub compare_full_recompute: bool,
     /// Image tokens per frame the frames are sized for (default 1200; the tiny VLM's frame
     /// is fixed).
     #[arg(long, value_name = "N")]
@@ -192,6 +200,7 @@ pub fn step(args: &StepBenchArgs) -> Result<(), Failure> {
             .set_image_token_budget(n, &model_name)
             .map_err(crate::cli::bad_input)?;
     }
+    config.fit_context(args.images.max(1) + args.evict_every);
     let engine = LlamaEngine::load(config)?;
     let mut session = engine.session()?;
     let mut screen = X11Screen::connect(Some(display.name()))?;
@@ -218,17 +227,19 @@ pub fn step(args: &StepBenchArgs) -> Result<(), Failure> {
     let warmup = args
         .warmup
         .unwrap_or(if args.model.is_some() { 0 } else { 1 });
-    let wanted = args.steps.max(1) + warmup;
     let options = RunOptions {
         task: "Click the red button.".into(),
         system_prompt: engine.family().system_prompt().to_owned(),
-        images: args.images.max(1),
+        window: ImageWindow {
+            images: args.images.max(1),
+            evict_every: args.evict_every,
+        },
         dry_run: false,
         yes: false,
         frame_target: engine.frame_target(),
         settle: SettleOptions::default(),
         guards: Guards {
-            max_steps: wanted as u32,
+            max_steps: u32::try_from(args.steps.max(1) + warmup).unwrap_or(u32::MAX),
             repeats: u32::MAX,
             unchanged: u32::MAX,
             refusals: u32::MAX,
@@ -238,48 +249,33 @@ pub fn step(args: &StepBenchArgs) -> Result<(), Failure> {
         engine: model_name.clone(),
         policy: "permissive preset, no budgets".into(),
     };
-    // A random model may say done early; run again until enough steps are measured.
-    let mut steps = Vec::new();
-    for _ in 0..50 {
-        if steps.len() >= wanted {
-            break;
-        }
-        let mut recorder = TraceWriter::create(&work.join("runs"))?;
-        let dir = recorder
-            .dir()
-            .map(|d| d.to_path_buf())
-            .ok_or_else(|| anyhow!("the trace writer has no folder"))?;
-        eprintln!("running steps {}..{wanted}", steps.len() + 1);
-        agent::run(
-            &options,
-            Stages {
-                screen: &mut screen,
-                monitor: monitor.clone(),
-                monitors: monitors.clone(),
-                backend: &mut session,
-                policy: &mut policy,
-                hands: &mut hands,
-                recorder: &mut recorder,
-                user: &mut Unattended,
-                abort: abort.clone(),
+    let mut rig = Rig {
+        screen: &mut screen,
+        monitor: monitor.clone(),
+        monitors: monitors.clone(),
+        hands: &mut hands,
+        policy: &mut policy,
+        abort: abort.clone(),
+        runs: work.join("runs"),
+    };
+    let measured = rig.steps(&options, &mut session, warmup, args.steps.max(1))?;
+    let baseline = if args.compare_full_recompute {
+        eprintln!("the same steps again, evaluating everything after the task at every step");
+        session.set_reuse(Reuse::PrefixOnly);
+        session.forget_cache();
+        let options = RunOptions {
+            window: ImageWindow {
+                images: args.images.max(1),
+                evict_every: 0,
             },
-        );
-        drop(recorder);
-        let (lines, _) = read_trace(&dir.join("trace.jsonl"))?;
-        steps.extend(lines.into_iter().filter_map(|l| match l {
-            TraceLine::Step(s) => Some(*s),
-            _ => None,
-        }));
-    }
-    // The first step loads caches and warms the projector; it is not a typical step.
-    let measured: Vec<_> = steps
-        .into_iter()
-        .skip(warmup)
-        .take(args.steps.max(1))
-        .collect();
-    if measured.is_empty() {
-        return Err(anyhow!("no steps were recorded").into());
-    }
+            ..options.clone()
+        };
+        let steps = rig.steps(&options, &mut session, warmup, args.steps.max(1))?;
+        session.set_reuse(Reuse::Conversation);
+        Some(steps)
+    } else {
+        None
+    };
     let median_of = |f: &dyn Fn(&crate::trace::StepRecord) -> f64| {
         let mut values: Vec<f64> = measured.iter().map(f).collect();
         values.sort_by(f64::total_cmp);
@@ -342,8 +338,23 @@ pub fn step(args: &StepBenchArgs) -> Result<(), Failure> {
         fixed_sleep_ms: FIXED_SLEEP_MS,
     };
     let per_step: Vec<StepFigures> = measured.iter().map(StepFigures::of).collect();
+    let conversation = ConversationFigures::of(&per_step, baseline.as_deref());
     if args.json {
-        let out = serde_json::json!({ "steps": per_step, "summary": report });
+        let mut summary = serde_json::to_value(&report)?;
+        if let (Some(map), serde_json::Value::Object(more)) = (
+            summary.as_object_mut(),
+            serde_json::to_value(&conversation)?,
+        ) {
+            map.extend(more);
+        }
+        let baseline: Option<Vec<StepFigures>> = baseline
+            .as_ref()
+            .map(|b| b.iter().map(StepFigures::of).collect());
+        let out = serde_json::json!({
+            "steps": per_step,
+            "steps_full_recompute": baseline,
+            "summary": summary,
+        });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
@@ -382,6 +393,7 @@ pub fn step(args: &StepBenchArgs) -> Result<(), Failure> {
         );
     }
     println!("peak RSS {:.0} MB", report.peak_rss_mb);
+    conversation.print();
     let m = &report.medians_ms;
     println!("{} steps, medians:", report.steps);
     println!(
@@ -434,6 +446,129 @@ pub fn step(args: &StepBenchArgs) -> Result<(), Failure> {
         FIXED_SLEEP_MS / m.settle.max(0.001)
     );
     Ok(())
+}
+
+/// What the conversation's cache saves, over the measured steps.
+#[derive(Debug, Serialize)]
+struct ConversationFigures {
+    /// Prefill tokens ÷ new tokens over all the steps: 1 when a step evaluates only what its
+    /// prompt adds.
+    amortized_prefill_ratio: f64,
+    /// The most screenshots encoded in one step (1: each once).
+    image_encodes_max: usize,
+    median_step_ms: f64,
+    median_step_ms_full_recompute: Option<f64>,
+    speedup_vs_full_recompute: Option<f64>,
+    /// The share of the median step spent decoding the reply.
+    decode_share: f64,
+}
+
+impl ConversationFigures {
+    fn of(steps: &[StepFigures], baseline: Option<&[crate::trace::StepRecord]>) -> Self {
+        let prefill: usize = steps.iter().map(|s| s.prefill_tokens).sum();
+        let new: usize = steps.iter().map(|s| s.new_tokens).sum();
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+        };
+        let median_step_ms = median(steps.iter().map(|s| s.step_ms).collect());
+        let median_step_ms_full_recompute =
+            baseline.map(|b| median(b.iter().map(|s| s.timings.total_ms).collect()));
+        ConversationFigures {
+            amortized_prefill_ratio: prefill as f64 / new.max(1) as f64,
+            image_encodes_max: steps.iter().map(|s| s.image_encodes).max().unwrap_or(0),
+            median_step_ms,
+            median_step_ms_full_recompute,
+            speedup_vs_full_recompute: median_step_ms_full_recompute.map(|b| b / median_step_ms),
+            decode_share: median(
+                steps
+                    .iter()
+                    .map(|s| s.decode_ms / s.step_ms.max(f64::MIN_POSITIVE))
+                    .collect(),
+            ),
+        }
+    }
+
+    fn print(&self) {
+        println!(
+            "conversation cache: prefill tokens / new tokens {:.2} over the steps, at most {} image encode(s) in a step, decoding {:.0}% of the median step",
+            self.amortized_prefill_ratio,
+            self.image_encodes_max,
+            self.decode_share * 100.0
+        );
+        if let (Some(full), Some(speedup)) = (
+            self.median_step_ms_full_recompute,
+            self.speedup_vs_full_recompute,
+        ) {
+            println!(
+                "median step {:.0} ms, against {full:.0} ms evaluating everything after the task each step: {speedup:.2}x faster",
+                self.median_step_ms
+            );
+        }
+    }
+}
+
+/// What the benchmark runs steps with.
+struct Rig<'a> {
+    screen: &'a mut dyn Screen,
+    monitor: crate::screen::MonitorInfo,
+    monitors: Vec<crate::screen::MonitorInfo>,
+    hands: &'a mut dyn crate::input::Hands,
+    policy: &'a mut dyn crate::policy::Policy,
+    abort: AbortSignal,
+    runs: PathBuf,
+}
+
+impl Rig<'_> {
+    /// `warmup` uncounted steps, then `count` measured ones. A random model may say done
+    /// early: runs start again until enough steps are recorded.
+    fn steps(
+        &mut self,
+        options: &RunOptions,
+        session: &mut LlamaSession<'_>,
+        warmup: usize,
+        count: usize,
+    ) -> Result<Vec<crate::trace::StepRecord>, Failure> {
+        let wanted = warmup + count;
+        let mut steps = Vec::new();
+        for _ in 0..50 {
+            if steps.len() >= wanted {
+                break;
+            }
+            let mut recorder = TraceWriter::create(&self.runs)?;
+            let dir = recorder
+                .dir()
+                .map(|d| d.to_path_buf())
+                .ok_or_else(|| anyhow!("the trace writer has no folder"))?;
+            eprintln!("running steps {}..{wanted}", steps.len() + 1);
+            agent::run(
+                options,
+                Stages {
+                    screen: &mut *self.screen,
+                    monitor: self.monitor.clone(),
+                    monitors: self.monitors.clone(),
+                    backend: &mut *session,
+                    policy: &mut *self.policy,
+                    hands: &mut *self.hands,
+                    recorder: &mut recorder,
+                    user: &mut Unattended,
+                    abort: self.abort.clone(),
+                },
+            );
+            drop(recorder);
+            let (lines, _) = read_trace(&dir.join("trace.jsonl"))?;
+            steps.extend(lines.into_iter().filter_map(|l| match l {
+                TraceLine::Step(s) => Some(*s),
+                _ => None,
+            }));
+        }
+        // The first steps load caches and warm the projector; they are not typical steps.
+        let measured: Vec<_> = steps.into_iter().skip(warmup).take(count).collect();
+        if measured.is_empty() {
+            return Err(anyhow!("no steps were recorded").into());
+        }
+        Ok(measured)
+    }
 }
 
 /// A scratch folder for the tiny model and the traces, removed when the bench ends.

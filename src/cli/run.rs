@@ -8,7 +8,7 @@ use anyhow::anyhow;
 use clap::Args;
 
 use crate::agent::{
-    self, Guards, LOCKED_EXIT_CODE, RunOptions, ScriptBackend, Stages, TerminalUser,
+    self, Guards, ImageWindow, LOCKED_EXIT_CODE, RunOptions, ScriptBackend, Stages, TerminalUser,
 };
 use crate::cli::{Failure, bad_input};
 use crate::input::{
@@ -57,9 +57,14 @@ pub struct RunArgs {
     /// Stop after this many steps.
     #[arg(long, default_value_t = 30, value_name = "N")]
     pub max_steps: u32,
-    /// Frames in each prompt: the current one and up to N-1 earlier ones.
+    /// Screenshots the model always sees: the current one and the N-1 before it.
     #[arg(long, default_value_t = 3, value_name = "N")]
     pub images: usize,
+    /// Older screenshots leave the conversation K at a time: it grows to N+K screenshots, then
+    /// the oldest K leave together. Each leaving re-evaluates everything after the first one
+    /// that left, so a larger K pays that rarely, for a longer prompt (0: every step).
+    #[arg(long, default_value_t = DEFAULT_EVICT_EVERY, value_name = "K")]
+    pub evict_every: usize,
     /// The monitor to work on (default: the primary one); see `deskhand monitors`.
     #[arg(long, value_name = "N")]
     pub monitor: Option<usize>,
@@ -208,7 +213,10 @@ pub fn run(args: &RunArgs, display: Option<&str>) -> Result<(), Failure> {
     let options = RunOptions {
         task: args.task.clone(),
         system_prompt,
-        images: args.images,
+        window: ImageWindow {
+            images: args.images,
+            evict_every: args.evict_every,
+        },
         dry_run: args.dry_run,
         yes: args.yes,
         frame_target,
@@ -265,9 +273,15 @@ pub fn run(args: &RunArgs, display: Option<&str>) -> Result<(), Failure> {
 /// never downloads.
 fn engine_config(args: &RunArgs) -> Result<(EngineConfig, String), Failure> {
     let (config, name, label) = model_config(args)?;
-    let config = with_image_tokens(config, args.image_tokens, &name)?;
+    let mut config = with_image_tokens(config, args.image_tokens, &name)?;
+    config.fit_context(args.images + args.evict_every);
     Ok((config, label))
 }
+
+/// See `--evict-every`: with 3 screenshots always shown, 6 more before they leave keeps the
+/// prompt's re-evaluated tokens within about 40% of the new ones over a long run, 23% over 12
+/// steps (README, "What a step costs").
+pub const DEFAULT_EVICT_EVERY: usize = 6;
 
 /// `--image-tokens`, checked against the model's range.
 fn with_image_tokens(

@@ -28,7 +28,9 @@ use llama_cpp_2::token::data::LlamaTokenData;
 use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use thiserror::Error;
 
+use super::conversation::{Piece, Rendered};
 use super::family::{Family, FamilyId};
+use super::kv::{CacheLine, Unit};
 use super::{Backend, ModelError, Prompt, Reply, Timings, ms};
 use crate::input::AbortSignal;
 use crate::screen::{Frame, FrameTarget};
@@ -94,6 +96,18 @@ impl EngineConfig {
     }
 
     /// Aims frames at `tokens` image tokens (`--image-tokens`). It must be at least 1 and
+    /// Size the context for a conversation showing up to `images` screenshots at the image
+    /// budget, with room for the text of many turns; never smaller than the default. A
+    /// conversation that outgrows it leaves its oldest turns out.
+    pub fn fit_context(&mut self, images: usize) {
+        let images = u32::try_from(images).unwrap_or(u32::MAX);
+        let wanted = images
+            .saturating_mul(self.image_token_budget)
+            .saturating_add(CONTEXT_FOR_TEXT);
+        // Rounded up to a multiple of 1024, as llama.cpp pads its cache anyway.
+        self.n_ctx = self.n_ctx.max(wanted.div_ceil(1024).saturating_mul(1024));
+    }
+
     /// inside the model's range where that is known: outside it, mtmd would resize the frame
     /// again, and the model's points would no longer be in the frame's pixels. `model` names
     /// the model in the error.
@@ -118,6 +132,10 @@ impl EngineConfig {
         }
     }
 }
+
+/// Tokens of context kept for the conversation's text beyond its screenshots: the system
+/// prompt (about 1,000 tokens), and replies and notes of some 150 tokens over tens of turns.
+const CONTEXT_FOR_TEXT: u32 = 6144;
 
 /// An image-token budget outside what the model takes.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -437,9 +455,12 @@ impl LlamaEngine {
             grammar,
             char_tokens,
             end_tokens,
-            cached_prefix: None,
+            cache: CacheLine::default(),
             previous_text_tokens: 0,
             previous_frames: Vec::new(),
+            left_out_turns: 0,
+            reuse: Reuse::Conversation,
+            last_image_tokens: None,
             abort: None,
         })
     }
@@ -489,14 +510,6 @@ fn check_room(
     Ok(())
 }
 
-/// The prefix currently in the KV cache.
-struct CachedPrefix {
-    text: String,
-    /// Position after the prefix (under M-RoPE a position count, not a token count).
-    n_past: i32,
-    tokens: usize,
-}
-
 /// One run's context.
 pub struct LlamaSession<'e> {
     engine: &'e LlamaEngine,
@@ -506,14 +519,35 @@ pub struct LlamaSession<'e> {
     /// Probes for grammar-forced text; None disables forcing.
     char_tokens: Option<Vec<(LlamaToken, char)>>,
     end_tokens: Vec<LlamaToken>,
-    cached_prefix: Option<CachedPrefix>,
+    /// What the KV cache holds: the last prompt and the reply decoded after it.
+    cache: CacheLine,
     /// The previous prompt, for counting the tokens a step adds: its text tokens and the
     /// identities of its frames.
     previous_text_tokens: usize,
     previous_frames: Vec<u64>,
+    /// The oldest turns left out of the prompt because the context was full.
+    left_out_turns: usize,
+    /// What the cache may keep from step to step.
+    reuse: Reuse,
+    /// The tokens the last image evaluated took.
+    last_image_tokens: Option<usize>,
     /// The run's abort switch, looked at between prompt pieces and between tokens (an image
     /// encode, one call into llama.cpp, runs to its end).
     abort: Option<AbortSignal>,
+}
+
+/// A prompt as cache units, each image with the frame it shows.
+type PromptUnits<'p> = Vec<(Unit, Option<&'p Frame>)>;
+
+/// What the KV cache keeps from one step to the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reuse {
+    /// All the new prompt shares with the cache: a step evaluates only what is new.
+    Conversation,
+    /// Only the text before the first screenshot (system prompt and task): every screenshot
+    /// is encoded and everything after it evaluated again at every step. deskhand's design
+    /// before the conversation, kept as `bench step`'s baseline.
+    PrefixOnly,
 }
 
 /// A frame's identity for [`Timings::new_tokens`]: a hash of its size and pixels.
@@ -543,69 +577,48 @@ impl LlamaSession<'_> {
         }
     }
 
-    /// Forget the cached prefix, so the next step evaluates everything (the benchmark's
-    /// full-recompute baseline).
-    pub fn forget_prefix(&mut self) {
-        self.cached_prefix = None;
+    /// What the cache may keep from step to step.
+    pub fn set_reuse(&mut self, reuse: Reuse) {
+        self.reuse = reuse;
     }
 
-    /// Evaluate text (no images) at `n_past` through mtmd, which tokenizes special tokens the
-    /// same way as the image path. Returns the new n_past and the token count.
-    fn eval_text(
-        &mut self,
-        text: &str,
-        n_past: i32,
-        add_special: bool,
-    ) -> Result<(i32, usize), ModelError> {
-        if text.is_empty() {
-            return Ok((n_past, 0));
-        }
-        let (n_ctx, reply_tokens) = (
-            self.ctx.n_ctx() as usize,
+    /// Forget what the cache holds, so the next step evaluates its whole prompt (the
+    /// benchmarks' full-recompute baseline).
+    pub fn forget_cache(&mut self) {
+        self.ctx.clear_kv_cache();
+        self.cache.clear();
+    }
+
+    /// Evaluate `tokens` at the end of the cache in batches, with logits for the last one.
+    fn eval_tokens(&mut self, tokens: &[LlamaToken]) -> Result<(), ModelError> {
+        let n_ctx = self.ctx.n_ctx() as usize;
+        check_room(
+            n_ctx,
             self.engine.config.max_reply_tokens,
-        );
-        if let Some(mtmd) = self.mtmd.as_mut() {
-            let chunks = mtmd
-                .tokenize(
-                    MtmdInputText {
-                        text: text.to_owned(),
-                        add_special,
-                        parse_special: true,
-                    },
-                    &[],
-                )
-                .map_err(engine("tokenizing the prompt"))?;
-            let n_tokens = chunks.total_tokens();
-            check_room(n_ctx, reply_tokens, n_past, n_tokens)?;
-            let n_batch = i32::try_from(self.engine.config.n_batch).unwrap_or(i32::MAX);
-            let next = chunks
-                .eval_chunks(mtmd, &mut self.ctx, n_past, 0, n_batch, true)
-                .map_err(engine("evaluating the prompt"))?;
-            return Ok((next, n_tokens));
-        }
-        let tokens = self
-            .engine
-            .model
-            .vocab()
-            .tokenize(text.as_bytes(), add_special, true);
-        check_room(n_ctx, reply_tokens, n_past, tokens.len())?;
-        let mut n_past = n_past;
-        let n_batch = self.engine.config.n_batch as usize;
-        for (i, chunk) in tokens.chunks(n_batch.max(1)).enumerate() {
+            self.cache.end(),
+            tokens.len(),
+        )?;
+        let n_batch = (self.engine.config.n_batch as usize).max(1);
+        for (i, chunk) in tokens.chunks(n_batch).enumerate() {
+            self.check_abort()?;
             let last_chunk = (i + 1) * n_batch >= tokens.len();
             let mut batch = LlamaBatch::new(chunk.len(), 1);
+            let start = self.cache.end();
             for (j, &token) in chunk.iter().enumerate() {
                 let logits = last_chunk && j + 1 == chunk.len();
+                let pos = start + i32::try_from(j).unwrap_or(i32::MAX);
                 batch
-                    .add(token, n_past, &[0], logits)
+                    .add(token, pos, &[0], logits)
                     .map_err(engine("building a batch"))?;
-                n_past += 1;
             }
             self.ctx
                 .decode(&mut batch)
                 .map_err(engine("evaluating the prompt"))?;
+            for &token in chunk {
+                self.cache.push_token(token.0);
+            }
         }
-        Ok((n_past, tokens.len()))
+        Ok(())
     }
 
     /// Evaluate one image at `n_past`; returns the new n_past, the tokens evaluated (the image's
@@ -652,110 +665,202 @@ impl LlamaSession<'_> {
         Ok((next, n_tokens, image_tokens))
     }
 
-    /// Evaluate the prompt (reusing the cached prefix when it matches) and decode a reply.
+    /// The prompt as cache units, each image with its frame. Markup is tokenized with special
+    /// tokens parsed, content as plain text; an image goes where its piece is, and nowhere
+    /// else. Without a projector the images are left out.
+    fn units<'p>(
+        &self,
+        rendered: &Rendered,
+        prompt: &Prompt<'p>,
+        first_turn: usize,
+    ) -> Result<PromptUnits<'p>, ModelError> {
+        let vocab = self.engine.model.vocab();
+        let mut units = Vec::new();
+        let text =
+            |units: &mut Vec<(Unit, Option<&'p Frame>)>, t: &str, bos: bool, special: bool| {
+                units.extend(
+                    vocab
+                        .tokenize(t.as_bytes(), bos, special)
+                        .into_iter()
+                        .map(|t| (Unit::Token(t.0), None)),
+                );
+            };
+        // The BOS token, where the model has one, comes from the tokenizer, not the text.
+        text(&mut units, "", true, true);
+        for piece in &rendered.pieces {
+            match piece {
+                Piece::Markup(t) => text(&mut units, t, false, true),
+                Piece::Content(t) => text(&mut units, t, false, false),
+                Piece::Image { turn } if self.mtmd.is_some() => {
+                    let frame = prompt.frame_of(first_turn + turn).ok_or_else(|| {
+                        ModelError::Engine(format!("the prompt has no frame for turn {turn}"))
+                    })?;
+                    units.push((Unit::Image(frame_id(frame)), Some(frame)));
+                }
+                Piece::Image { .. } => {}
+            }
+        }
+        Ok(units)
+    }
+
+    /// Positions the prompt needs: what the cache already measured, and for each image not in
+    /// it what the last image took (a run's frames are all one size), or before any, its
+    /// pixels at Qwen's 28x28 per token, at most the image budget.
+    fn positions_needed(&self, units: &[(Unit, Option<&Frame>)]) -> usize {
+        let budget = self.engine.config.image_token_budget as usize;
+        let shared = self
+            .cache
+            .shared(&units.iter().map(|(u, _)| *u).collect::<Vec<_>>());
+        let image = |frame: Option<&Frame>| {
+            self.last_image_tokens.unwrap_or_else(|| {
+                frame.map_or(budget, |f| {
+                    let (w, h) = f.image.dimensions();
+                    (w as usize * h as usize / (28 * 28) + 2).min(budget)
+                })
+            })
+        };
+        usize::try_from(self.cache.truncated_end(shared)).unwrap_or(0)
+            + units[shared..]
+                .iter()
+                .map(|(u, frame)| match u {
+                    Unit::Token(_) => 1,
+                    Unit::Image(_) => image(*frame),
+                })
+                .sum::<usize>()
+    }
+
+    /// The conversation rendered to fit the context with room for a reply. When it does not
+    /// fit, the oldest turns are left out (the task stays, at the top of the first turn kept),
+    /// enough of them that the prompt fills at most half the context: it can then grow for
+    /// many steps before the next cut, which re-evaluates everything.
+    fn fitted<'p>(&mut self, prompt: &Prompt<'p>) -> Result<(PromptUnits<'p>, usize), ModelError> {
+        let family = self.engine.family;
+        let turns = prompt.turns();
+        let n_ctx = self.ctx.n_ctx() as usize;
+        let room = n_ctx.saturating_sub(self.engine.config.max_reply_tokens);
+        let mut skip = self.left_out_turns.min(turns.len().saturating_sub(1));
+        let mut target = room;
+        loop {
+            let rendered = family.render_conversation(&prompt.system, &prompt.task, &turns[skip..]);
+            let units = self.units(&rendered, prompt, skip)?;
+            let needed = self.positions_needed(&units);
+            if needed <= target {
+                if skip != self.left_out_turns {
+                    tracing::info!(
+                        "the context was full: the {skip} oldest turns are left out of the prompt"
+                    );
+                }
+                self.left_out_turns = skip;
+                return Ok((units, skip));
+            }
+            if skip + 1 >= turns.len() {
+                return Err(ModelError::ContextFull {
+                    needed: needed + self.engine.config.max_reply_tokens,
+                    n_ctx,
+                });
+            }
+            skip += 1;
+            target = room / 2;
+        }
+    }
+
+    /// Evaluate the prompt, reusing what the cache shares with it, and decode a reply.
     pub fn generate(&mut self, prompt: &Prompt<'_>) -> Result<Generated, ModelError> {
         let started = Instant::now();
-        let family = self.engine.family;
-        let frames: Vec<&Frame> = if self.mtmd.is_some() {
-            prompt
-                .earlier_frames
-                .iter()
-                .copied()
-                .chain(std::iter::once(prompt.frame))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let marker = mtmd_default_marker();
-        let rendered = family.render(
-            &prompt.system,
-            &prompt.task,
-            &prompt.history,
-            frames.len(),
-            marker,
-        );
         let mut timings = Timings::default();
-
-        // The prefix: reuse it when it is the one in the cache, else evaluate it afresh.
         let prefill_started = Instant::now();
-        let mut n_past = match &self.cached_prefix {
-            Some(cached) if cached.text == rendered.prefix => {
-                self.ctx
-                    .clear_kv_cache_seq(Some(0), Some(cached.n_past as u32), None)
-                    .map_err(engine("truncating the cache"))?;
-                timings.reused_tokens = cached.tokens;
-                cached.n_past
-            }
-            _ => {
-                self.ctx.clear_kv_cache();
-                self.cached_prefix = None;
-                let (n_past, tokens) = self.eval_text(&rendered.prefix, 0, true)?;
-                timings.prefill_tokens += tokens;
-                self.cached_prefix = Some(CachedPrefix {
-                    text: rendered.prefix.clone(),
-                    n_past,
-                    tokens,
-                });
-                n_past
-            }
-        };
+        let (units, skipped) = self.fitted(prompt)?;
+        timings.left_out_turns = skipped;
+        let wanted: Vec<Unit> = units.iter().map(|(u, _)| *u).collect();
+        let mut shared = self.cache.shared(&wanted);
+        if self.reuse == Reuse::PrefixOnly {
+            let first_image = wanted.iter().position(|u| matches!(u, Unit::Image(_)));
+            shared = shared.min(first_image.unwrap_or(shared));
+        }
+        let cut = self.cache.truncate(shared);
+        self.ctx
+            .clear_kv_cache_seq(Some(0), Some(u32::try_from(cut).unwrap_or(0)), None)
+            .map_err(engine("truncating the cache"))?;
+        timings.reused_tokens = self.cache.tokens_before(shared);
 
-        // The rest, image by image: text segments are prefill, images are image encoding.
+        // The rest: runs of tokens are prefill, images are image encoding.
         let mut image_time = 0.0;
-        let mut frame_ids = Vec::with_capacity(frames.len());
-        let segments: Vec<&str> = rendered.rest.split(marker).collect();
-        if segments.last().is_some_and(|s| s.is_empty()) {
-            // mtmd computes no logits for image tokens, so decoding needs text after the last
-            // image (every family's template opens the reply turn there).
-            return Err(ModelError::Engine(format!(
-                "the {} prompt ends with an image; the template must end with text",
-                family.id()
-            )));
-        }
-        for (i, segment) in segments.iter().enumerate() {
+        let mut frame_ids = Vec::new();
+        let mut text_tokens = wanted[..shared]
+            .iter()
+            .filter(|u| matches!(u, Unit::Token(_)))
+            .count();
+        let mut i = shared;
+        while i < units.len() {
             self.check_abort()?;
-            let (next, tokens) = self.eval_text(segment, n_past, false)?;
-            n_past = next;
+            let run = units[i..]
+                .iter()
+                .take_while(|(u, _)| matches!(u, Unit::Token(_)))
+                .count();
+            if run > 0 {
+                let tokens: Vec<LlamaToken> = units[i..i + run]
+                    .iter()
+                    .filter_map(|(u, _)| match u {
+                        Unit::Token(t) => Some(LlamaToken::new(*t)),
+                        Unit::Image(_) => None,
+                    })
+                    .collect();
+                self.eval_tokens(&tokens)?;
+                timings.prefill_tokens += tokens.len();
+                text_tokens += tokens.len();
+                i += run;
+                continue;
+            }
+            let (Unit::Image(id), Some(frame)) = units[i] else {
+                return Err(ModelError::Engine("an image unit without its frame".into()));
+            };
+            let n_past = self.cache.end();
+            let image_started = Instant::now();
+            take_image_times();
+            let (next, tokens, image_tokens) = self.eval_image(frame, n_past)?;
+            let ImageTimes {
+                encodes,
+                encode_ms,
+                decode_ms,
+            } = take_image_times();
+            self.cache.push_image(id, next - n_past, tokens);
+            self.last_image_tokens = Some(tokens);
+            timings.image_encoder_ms += encode_ms;
+            // The image's time, less the part mtmd reports for decoding its tokens into the
+            // cache, which is prefill; what remains is preprocessing and encoding.
+            let wall = ms(image_started.elapsed());
+            let image_prefill = decode_ms.min(wall);
+            image_time += wall - image_prefill;
+            timings.image_prefill_ms += image_prefill;
+            timings.image_encodes += encodes.max(1);
+            timings.image_tokens += image_tokens;
             timings.prefill_tokens += tokens;
-            if let Some(frame) = frames.get(i).filter(|_| i + 1 < segments.len()) {
-                self.check_abort()?;
-                let image_started = Instant::now();
-                take_image_times();
-                let (next, tokens, image_tokens) = self.eval_image(frame, n_past)?;
-                let ImageTimes {
-                    encodes,
-                    encode_ms,
-                    decode_ms,
-                } = take_image_times();
-                timings.image_encoder_ms += encode_ms;
-                // The image's time, less the part mtmd reports for decoding its tokens into
-                // the cache, which is prefill; what remains is preprocessing and encoding.
-                let wall = ms(image_started.elapsed());
-                let image_prefill = decode_ms.min(wall);
-                image_time += wall - image_prefill;
-                timings.image_prefill_ms += image_prefill;
-                timings.image_encodes += encodes.max(1);
-                n_past = next;
-                timings.image_tokens += image_tokens;
-                timings.prefill_tokens += tokens;
-                let id = frame_id(frame);
-                if !self.previous_frames.contains(&id) {
-                    timings.new_tokens += image_tokens;
-                }
-                frame_ids.push(id);
+            if !self.previous_frames.contains(&id) {
+                timings.new_tokens += image_tokens;
+            }
+            i += 1;
+        }
+        for unit in &wanted[..shared] {
+            if let Unit::Image(id) = unit {
+                frame_ids.push(*id);
             }
         }
+        frame_ids.extend(wanted[shared..].iter().filter_map(|u| match u {
+            Unit::Image(id) => Some(*id),
+            Unit::Token(_) => None,
+        }));
         timings.image_encode_ms = image_time;
         timings.prefill_ms = ms(prefill_started.elapsed()) - image_time;
-        // Text is append-only from step to step (the history grows at the end), so the text
-        // not in the previous prompt is what it grew by.
-        let text_tokens =
-            (timings.prefill_tokens + timings.reused_tokens).saturating_sub(timings.image_tokens);
+        // The conversation grows at its end, so the text not in the previous prompt is what
+        // it grew by.
         timings.new_tokens += text_tokens.saturating_sub(self.previous_text_tokens);
         self.previous_text_tokens = text_tokens;
         self.previous_frames = frame_ids;
+        let n_past = self.cache.end();
 
         let decode_started = Instant::now();
+        // A reply cut short leaves its tokens in the cache, where the next prompt, which does
+        // not share them, cuts it.
         let text = self.decode(n_past, &mut timings)?;
         timings.decode_ms = ms(decode_started.elapsed());
         timings.total_ms = ms(started.elapsed());
@@ -783,6 +888,9 @@ impl LlamaSession<'_> {
                     n_past += 1;
                 }
                 self.ctx.decode(&mut many).map_err(engine("decoding"))?;
+                for &token in &forced {
+                    self.cache.push_token(token.0);
+                }
                 timings.decode_tokens += forced.len();
                 timings.forced_tokens += forced.len();
             }
@@ -798,6 +906,7 @@ impl LlamaSession<'_> {
                 .add(token, n_past, &[0], true)
                 .map_err(engine("building a batch"))?;
             self.ctx.decode(&mut batch).map_err(engine("decoding"))?;
+            self.cache.push_token(token.0);
             n_past += 1;
         }
         Err(ModelError::Engine(format!(
@@ -891,7 +1000,7 @@ impl LlamaSession<'_> {
     pub fn bench_prefill(&mut self, n_tokens: usize) -> Result<std::time::Duration, ModelError> {
         let tokens = self.bench_tokens(n_tokens);
         self.ctx.clear_kv_cache();
-        self.cached_prefix = None;
+        self.cache.clear();
         let started = Instant::now();
         let n_batch = (self.engine.config.n_batch as usize).max(1);
         let mut n_past = 0;

@@ -7,6 +7,7 @@ pub mod conversation;
 pub mod family;
 pub mod gguf;
 pub mod gguf_write;
+pub mod kv;
 pub mod llama;
 pub mod store;
 pub mod synth;
@@ -18,23 +19,9 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::input::Action;
-use crate::screen::Frame;
 
+pub use conversation::{PastTurn, Prompt};
 pub use family::{Family, FamilyId, ModelAction, ParseError, ParsedReply};
-
-/// Everything the model sees in one step.
-pub struct Prompt<'a> {
-    /// The family's system text (from `prompts/<family>.md`).
-    pub system: String,
-    /// The user's task, verbatim.
-    pub task: String,
-    /// Earlier steps as text (thought, action, decision, outcome), oldest first.
-    pub history: Vec<String>,
-    /// Up to N earlier frames, oldest first.
-    pub earlier_frames: Vec<&'a Frame>,
-    /// The frame the model must act on; its map turns model points into screen pixels.
-    pub frame: &'a Frame,
-}
 
 /// How long each part of a reply took, and how much work it was.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -64,6 +51,10 @@ pub struct Timings {
     pub reused_tokens: usize,
     pub decode_ms: f64,
     pub decode_tokens: usize,
+    /// The oldest turns left out of the prompt because the context was full (their text and
+    /// screenshots; the task stays).
+    #[serde(default)]
+    pub left_out_turns: usize,
     /// Tokens the grammar forced and that were fed without sampling.
     pub forced_tokens: usize,
     pub total_ms: f64,

@@ -188,6 +188,10 @@ fn text_model() -> Gguf {
     g.kv("tokenizer.ggml.eos_token_id", Value::U32(2));
     g.kv("tokenizer.ggml.add_bos_token", Value::Bool(true));
     g.kv("tokenizer.ggml.add_eos_token", Value::Bool(false));
+    // As Gemma 3's tokenizer: no space in front of the text after a special token. The engine
+    // tokenizes the prompt's pieces one by one, and a prefix space would give each piece (and
+    // each reply fed back) a leading space the whole text does not have.
+    g.kv("tokenizer.ggml.add_space_prefix", Value::Bool(false));
 
     let d = TINY_N_EMBD;
     let kv = TEXT_HEADS_KV * TEXT_HEAD_DIM;

@@ -27,10 +27,7 @@ use crate::screen::{FrameTarget, ModelPoint, PointFormat};
 
 use super::grammar::{self, Gbnf, one_of};
 use super::keys::normalized_chord;
-use super::{
-    Family, FamilyId, ModelAction, ParseError, ParsedReply, RenderedPrompt, finish_reply, quote,
-    template,
-};
+use super::{Family, FamilyId, ModelAction, ParseError, ParsedReply, finish_reply, quote};
 
 /// Gemma 3's SigLIP image size: every image is resized to this square.
 const GEMMA3_IMAGE_SIDE: u32 = 896;
@@ -59,17 +56,6 @@ impl Family for Gemma3 {
 
     fn system_prompt(&self) -> &'static str {
         include_str!("../../../prompts/gemma3.md")
-    }
-
-    fn render(
-        &self,
-        system: &str,
-        task: &str,
-        history: &[String],
-        images: usize,
-        marker: &str,
-    ) -> RenderedPrompt {
-        template::gemma(system, task, history, images, marker)
     }
 
     fn render_conversation(&self, system: &str, task: &str, turns: &[TurnView<'_>]) -> Rendered {

@@ -29,7 +29,6 @@ mod gemma;
 mod grammar;
 mod keys;
 mod qwen;
-mod template;
 mod ui_tars;
 
 #[cfg(test)]
@@ -132,21 +131,6 @@ pub trait Family: Send + Sync {
     /// The system text, from `prompts/<family>.md`.
     fn system_prompt(&self) -> &'static str;
 
-    /// The whole prompt in the family's chat template, with one `marker` per image (earlier
-    /// frames first, the current frame last). `prefix` depends only on `system` and `task`, so
-    /// it is byte-identical from step to step and its tokens can stay in the KV cache; `rest`
-    /// holds the history, the images and the opening of the assistant turn. The backend must
-    /// tokenize the two parts separately (a token never spans the boundary) and add the
-    /// model's BOS token itself where the model has one: the text contains none.
-    fn render(
-        &self,
-        system: &str,
-        task: &str,
-        history: &[String],
-        images: usize,
-        marker: &str,
-    ) -> RenderedPrompt;
-
     /// The conversation in the family's trained layout, as pieces that keep the template's
     /// markup apart from the task, the replies and the loop's notes (see
     /// [`crate::model::conversation`]). A later step's rendering extends an earlier one's,
@@ -166,22 +150,6 @@ pub trait Family: Send + Sync {
     /// round trips). An action the syntax cannot express is written as its nearest
     /// expressible form; each family documents which.
     fn render_reply(&self, thought: Option<&str>, action: &ModelAction) -> String;
-}
-
-/// A prompt split where the KV cache can keep the first part across steps.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RenderedPrompt {
-    /// System text and task: the same for every step of a run.
-    pub prefix: String,
-    /// History, images and the opening of the assistant turn.
-    pub rest: String,
-}
-
-impl RenderedPrompt {
-    /// Both parts, for engines that take the prompt in one piece.
-    pub fn text(&self) -> String {
-        format!("{}{}", self.prefix, self.rest)
-    }
 }
 
 /// A reply, read.

@@ -49,8 +49,7 @@ use crate::screen::{FrameTarget, ModelPoint, PointFormat};
 use super::grammar::{self, Gbnf, one_of};
 use super::keys::{chord_from_keys, key_names};
 use super::{
-    Family, FamilyId, ModelAction, ParseError, ParsedReply, RenderedPrompt, finish_reply,
-    format_coordinate, quote, template,
+    Family, FamilyId, ModelAction, ParseError, ParsedReply, finish_reply, format_coordinate, quote,
 };
 
 /// Scroll distance of one wheel notch, in Qwen's `"pixels"`. A notch scrolls about three lines
@@ -107,17 +106,6 @@ impl Family for QwenVl {
 
     fn system_prompt(&self) -> &'static str {
         self.prompt
-    }
-
-    fn render(
-        &self,
-        system: &str,
-        task: &str,
-        history: &[String],
-        images: usize,
-        marker: &str,
-    ) -> RenderedPrompt {
-        template::chatml(system, &format!("Task: {task}"), history, images, marker)
     }
 
     fn render_conversation(&self, system: &str, task: &str, turns: &[TurnView<'_>]) -> Rendered {

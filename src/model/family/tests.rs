@@ -6,6 +6,7 @@ use proptest::prelude::*;
 use super::gbnf_check::Grammar;
 use super::*;
 use crate::input::Chord;
+use crate::model::conversation::{Piece, Rendered, TurnView};
 use crate::screen::{MonitorInfo, ScreenPoint};
 
 const MARKER: &str = "<__media__>";
@@ -198,62 +199,98 @@ fn qwen_prompts_declare_a_valid_tool_with_every_parsed_action() {
     );
 }
 
+fn view<'t>(note: &'t str, image: bool, reply: Option<&'t str>) -> TurnView<'t> {
+    TurnView { note, image, reply }
+}
+
 #[test]
 fn chatml_layout_is_exact() {
-    let history = vec!["clicked File".to_owned()];
+    let turns = [
+        view("", false, Some("clicked File")),
+        view("The policy refused it.", true, None),
+    ];
     let prompt =
-        family(FamilyId::Qwen25Vl).render("SYSTEM\n", "open the file", &history, 2, MARKER);
+        family(FamilyId::Qwen25Vl).render_conversation("SYSTEM\n", "open the file", &turns);
     assert_eq!(
-        prompt.prefix,
-        "<|im_start|>system\nSYSTEM<|im_end|>\n<|im_start|>user\nTask: open the file"
+        prompt.text(MARKER),
+        "<|im_start|>system\nSYSTEM<|im_end|>\n<|im_start|>user\nTask: open the file\n<|im_end|>\n\
+         <|im_start|>assistant\nclicked File<|im_end|>\n\
+         <|im_start|>user\nThe policy refused it.\n<__media__><|im_end|>\n<|im_start|>assistant\n"
     );
-    assert_eq!(
-        prompt.rest,
-        "\n\nPrevious steps, oldest first:\nStep 1: clicked File\n\nEarlier screen 1 of 1:\n<__media__>\n\nThe current screen:\n<__media__><|im_end|>\n<|im_start|>assistant\n"
-    );
-    let prompt = family(FamilyId::UiTars).render(
+    let prompt = family(FamilyId::UiTars).render_conversation(
         "PROMPT\n## User Instruction\n",
         "open the file",
-        &[],
-        1,
-        MARKER,
+        &[view("", true, None)],
     );
     assert_eq!(
-        prompt.text(),
-        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nPROMPT\n## User Instruction\nopen the file\n\nThe current screen:\n<__media__><|im_end|>\n<|im_start|>assistant\n"
+        prompt.text(MARKER),
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nPROMPT\n## User Instruction\nopen the file\n<__media__><|im_end|>\n<|im_start|>assistant\n"
+    );
+    assert!(
+        prompt
+            .pieces
+            .contains(&Piece::Content("open the file".into()))
     );
 }
 
 #[test]
 fn gemma_layout_puts_the_system_text_in_the_user_turn() {
-    let prompt = family(FamilyId::Gemma3).render("SYSTEM", "save it", &[], 1, MARKER);
+    let prompt =
+        family(FamilyId::Gemma3).render_conversation("SYSTEM", "save it", &[view("", true, None)]);
     assert_eq!(
-        prompt.text(),
-        "<start_of_turn>user\nSYSTEM\n\nTask: save it\n\nThe current screen:\n<__media__><end_of_turn>\n<start_of_turn>model\n"
+        prompt.text(MARKER),
+        "<start_of_turn>user\nSYSTEM\n\nTask: save it<__media__><end_of_turn>\n<start_of_turn>model\n"
     );
 }
 
+/// The KV cache keeps what a step's rendering shares with the last one: for every family a
+/// later step extends the earlier rendering, and a screenshot leaving the conversation changes
+/// it only from where that screenshot was.
 #[test]
-fn the_prefix_depends_only_on_system_and_task() {
+fn a_step_extends_the_last_and_an_evicted_screenshot_changes_only_what_follows_it() {
     for id in FamilyId::ALL {
         let f = family(id);
         let system = f.system_prompt();
-        let first = f.render(system, "rename report.txt", &[], 1, MARKER);
-        let history = vec!["Step text one".to_owned(), "Step text two".to_owned()];
-        let later = f.render(system, "rename report.txt", &history, 3, MARKER);
-        assert_eq!(first.prefix, later.prefix, "{id}");
-        assert!(first.prefix.ends_with("rename report.txt"), "{id}");
-        assert!(
-            !later.prefix.contains(MARKER) && !later.prefix.contains("Step text"),
-            "{id}"
+        let task = "rename report.txt";
+        let first = f.render_conversation(system, task, &[view("", true, None)]);
+        let second = f.render_conversation(
+            system,
+            task,
+            &[view("", true, Some("reply one")), view("", true, None)],
         );
-        assert_eq!(later.rest.matches(MARKER).count(), 3, "{id}");
-        assert!(later.rest.contains("Step 2: Step text two"), "{id}");
-        // The current frame comes last, after the earlier ones.
-        let current = later.rest.find("The current screen").unwrap();
-        assert!(later.rest[..current].matches(MARKER).count() == 2, "{id}");
-        let other_task = f.render(system, "delete report.txt", &[], 1, MARKER);
-        assert_ne!(first.prefix, other_task.prefix, "{id}");
+        let third = f.render_conversation(
+            system,
+            task,
+            &[
+                view("", true, Some("reply one")),
+                view("", true, Some("reply two")),
+                view("It failed.", true, None),
+            ],
+        );
+        let text = |r: &Rendered| r.text(MARKER);
+        assert!(text(&second).starts_with(&text(&first)), "{id}");
+        assert!(text(&third).starts_with(&text(&second)), "{id}");
+        assert_eq!(third.image_turns(), vec![0, 1, 2], "{id}");
+        // The first screenshot leaves: the text up to it is unchanged, every turn's text stays.
+        let evicted = f.render_conversation(
+            system,
+            task,
+            &[
+                view("", false, Some("reply one")),
+                view("", true, Some("reply two")),
+                view("It failed.", true, None),
+            ],
+        );
+        let before_image = text(&first)
+            .split(MARKER)
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(text(&evicted).starts_with(&before_image), "{id}");
+        assert_eq!(evicted.image_turns(), vec![1, 2], "{id}");
+        for kept in ["reply one", "reply two", "It failed.", task] {
+            assert!(text(&evicted).contains(kept), "{id}: {kept}");
+        }
     }
 }
 

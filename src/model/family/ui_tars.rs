@@ -38,8 +38,8 @@ use crate::screen::{FrameTarget, ModelPoint, PointFormat};
 use super::grammar::{self, Gbnf, lit, one_of};
 use super::keys::{chord_from_keys, key_names};
 use super::{
-    Family, FamilyId, ModelAction, ParseError, ParsedReply, RenderedPrompt, coordinate,
-    finish_reply, format_coordinate, quote, template,
+    Family, FamilyId, ModelAction, ParseError, ParsedReply, coordinate, finish_reply,
+    format_coordinate, quote,
 };
 
 /// Wheel notches of one `scroll(...)`: what UI-TARS's own parser sends.
@@ -77,19 +77,6 @@ impl Family for UiTars {
 
     fn system_prompt(&self) -> &'static str {
         include_str!("../../../prompts/ui-tars.md")
-    }
-
-    fn render(
-        &self,
-        system: &str,
-        task: &str,
-        history: &[String],
-        images: usize,
-        marker: &str,
-    ) -> RenderedPrompt {
-        // The prompt file ends with "## User Instruction"; the task follows it.
-        let user_opening = format!("{}\n{task}", system.trim_end());
-        template::chatml(CHATML_SYSTEM, &user_opening, history, images, marker)
     }
 
     fn render_conversation(&self, system: &str, task: &str, turns: &[TurnView<'_>]) -> Rendered {
