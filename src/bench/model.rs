@@ -14,7 +14,7 @@ use serde::Serialize;
 use super::Summary;
 use crate::cli::Failure;
 use crate::model::llama::{EngineConfig, LlamaEngine, LlamaSession};
-use crate::model::{FamilyId, Prompt};
+use crate::model::{FamilyId, ModelError, Prompt};
 use crate::screen::{Frame, FrameMap, FrameTarget, MonitorInfo};
 
 #[derive(Debug, Args)]
@@ -341,7 +341,7 @@ fn image(
         }
         runs.push(ImageFigures {
             image_tokens: t.image_tokens,
-            tokens_before: tokens_before_image(engine, &prompt),
+            tokens_before: tokens_before_image(engine, &prompt)?,
             // The encoder by llama.cpp's own timer, as llama-mtmd-cli reports it: the
             // preprocessing around it (resizing the frame) is not in the reference's figure.
             encode_ms: t.image_encoder_ms,
@@ -365,16 +365,18 @@ fn image(
 
 /// The prompt's tokens before its (only) image: the template's text up to the image marker,
 /// and the vision-start token mtmd puts in front of the image.
-fn tokens_before_image(engine: &LlamaEngine, prompt: &Prompt<'_>) -> usize {
-    let marker = llama_cpp_2::mtmd::mtmd_default_marker();
+fn tokens_before_image(engine: &LlamaEngine, prompt: &Prompt<'_>) -> Result<usize, ModelError> {
+    let marker = crate::model::ffi::default_media_marker();
     let rendered = engine
         .family()
         .render(&prompt.system, &prompt.task, &prompt.history, 1, marker);
     let before = rendered.rest.split(marker).next().unwrap_or_default();
     let vocab = engine.model().vocab();
-    vocab.tokenize(rendered.prefix.as_bytes(), true, true).len()
-        + vocab.tokenize(before.as_bytes(), false, true).len()
-        + 1
+    Ok(vocab
+        .tokenize(rendered.prefix.as_bytes(), true, true)?
+        .len()
+        + vocab.tokenize(before.as_bytes(), false, true)?.len()
+        + 1)
 }
 
 /// llama-mtmd-cli's figures for the same files, image and threads, and its peak RSS.

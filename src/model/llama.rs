@@ -1,34 +1,23 @@
-//! The default engine: llama.cpp in-process through `llama-cpp-2`, with `mtmd` for images.
+//! The default engine: llama.cpp in-process through deskhand's own safe layer over its C API
+//! ([`super::ffi`]), with `mtmd` for images.
 //!
 //! One `LlamaEngine` loads the GGUF weights once; a `LlamaSession` holds the long-lived context
 //! (and the vision projector) for one run. Each step keeps the system-and-task prefix in the KV
 //! cache and evaluates only what follows it, and decoding is grammar-constrained so the reply
 //! always parses.
 
-use std::ffi::CString;
-use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use llama_cpp_2::context::LlamaContext;
-use llama_cpp_2::context::params::LlamaContextParams;
-use llama_cpp_2::llama_backend::LlamaBackend as LlamaRuntime;
-use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::model::LlamaModel;
-use llama_cpp_2::model::params::LlamaModelParams;
-use llama_cpp_2::mtmd::{
-    MtmdBitmap, MtmdContext, MtmdContextParams, MtmdInputChunkType, MtmdInputText,
-    mtmd_default_marker,
-};
-use llama_cpp_2::sampling::LlamaSampler;
-use llama_cpp_2::token::LlamaToken;
-use llama_cpp_2::token::data::LlamaTokenData;
-use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use thiserror::Error;
 
 use super::family::{Family, FamilyId};
+use super::ffi::{
+    self, Batch, Bitmap, ChunkType, Context, ContextParams, Model, ModelParams, Mtmd, MtmdInput,
+    MtmdParams, Sampler, Token, TokenData, TokenDataArray, default_media_marker,
+};
 use super::{Backend, ModelError, Prompt, Reply, Timings, ms};
 use crate::input::AbortSignal;
 use crate::screen::{Frame, FrameTarget};
@@ -177,16 +166,7 @@ pub fn physical_cores() -> usize {
 /// llama.cpp's own account of what it was built with and can use ("AVX512 = 1 | AMX_INT8 = 0
 /// | ..."), per backend.
 pub fn system_info() -> String {
-    // SAFETY: llama.cpp returns a pointer to a static NUL-terminated string.
-    unsafe {
-        let text = llama_cpp_sys_2::llama_print_system_info();
-        if text.is_null() {
-            return String::new();
-        }
-        std::ffi::CStr::from_ptr(text)
-            .to_string_lossy()
-            .into_owned()
-    }
+    ffi::system_info()
 }
 
 static PRINT_LLAMA_LOG: AtomicBool = AtomicBool::new(false);
@@ -229,31 +209,23 @@ impl ImageLog {
 }
 
 /// mtmd's log, read for the spans of encoding and decoding images, and printed only when
-/// DESKHAND_LLAMA_LOG asks for it.
-unsafe extern "C" fn mtmd_log(
-    _level: llama_cpp_sys_2::ggml_log_level,
-    text: *const std::os::raw::c_char,
-    _user_data: *mut std::os::raw::c_void,
-) {
+/// DESKHAND_LLAMA_LOG asks for it. It also gets the lines `ffi::Mtmd::encode_image_chunk`
+/// writes around its encode, which are mtmd's own words for the same span.
+fn mtmd_log(_level: ffi::LogLevel, line: &str) {
     let now = Instant::now();
-    if text.is_null() {
-        return;
-    }
-    // SAFETY: mtmd passes a NUL-terminated string valid for the call.
-    let line = unsafe { std::ffi::CStr::from_ptr(text) }.to_string_lossy();
     if PRINT_LLAMA_LOG.load(Ordering::Relaxed) {
         eprint!("{line}");
     }
     // A log callback must not unwind into C; a re-entrant borrow is skipped, not a panic.
     IMAGE_LOG.with(|log| {
         if let Ok(mut log) = log.try_borrow_mut() {
-            log.read(&line, now);
+            log.read(line, now);
         }
     });
 }
 
 /// What mtmd reported on this thread since the last call, and starts counting again.
-fn take_image_times() -> ImageTimes {
+pub(crate) fn take_image_times() -> ImageTimes {
     IMAGE_LOG.with(|log| {
         log.try_borrow_mut()
             .map(|mut log| std::mem::take(&mut *log).times)
@@ -263,21 +235,21 @@ fn take_image_times() -> ImageTimes {
 
 /// What mtmd's log said about the images since the last look.
 #[derive(Default, Debug, PartialEq)]
-struct ImageTimes {
+pub(crate) struct ImageTimes {
     /// Image slices encoded.
-    encodes: usize,
+    pub(crate) encodes: usize,
     /// The encoder's own time for them.
-    encode_ms: f64,
+    pub(crate) encode_ms: f64,
     /// Decoding their tokens into the cache.
-    decode_ms: f64,
+    pub(crate) decode_ms: f64,
 }
 
 /// llama.cpp's global state may be initialised only once per process.
-pub(crate) fn runtime() -> Result<&'static LlamaRuntime, ModelError> {
-    static RUNTIME: OnceLock<Result<LlamaRuntime, String>> = OnceLock::new();
+pub(crate) fn runtime() -> Result<&'static ffi::Backend, ModelError> {
+    static RUNTIME: OnceLock<Result<ffi::Backend, String>> = OnceLock::new();
     RUNTIME
         .get_or_init(|| {
-            let mut runtime = LlamaRuntime::init().map_err(|e| e.to_string())?;
+            let mut runtime = ffi::Backend::init().map_err(|e| e.to_string())?;
             // llama.cpp logs every tensor it loads and mtmd every image it encodes; keep that
             // out of the user's terminal unless DESKHAND_LLAMA_LOG asks for it.
             if std::env::var_os("DESKHAND_LLAMA_LOG").is_none() {
@@ -285,9 +257,7 @@ pub(crate) fn runtime() -> Result<&'static LlamaRuntime, ModelError> {
             } else {
                 PRINT_LLAMA_LOG.store(true, Ordering::Relaxed);
             }
-            // SAFETY: installs a callback that reads only its text argument; the null user
-            // data is never read.
-            unsafe { llama_cpp_sys_2::mtmd_helper_log_set(Some(mtmd_log), std::ptr::null_mut()) };
+            ffi::set_mtmd_log(mtmd_log);
             Ok(runtime)
         })
         .as_ref()
@@ -301,13 +271,17 @@ fn file_error(path: &Path, problem: impl Into<String>) -> ModelError {
     }
 }
 
-fn engine<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> ModelError + '_ {
-    move |e| ModelError::Engine(format!("{what}: {e}"))
+/// Says what the engine was doing when llama.cpp failed; other errors pass through.
+fn engine(what: &str) -> impl FnOnce(ModelError) -> ModelError + '_ {
+    move |e| match e {
+        ModelError::Engine(message) => ModelError::Engine(format!("{what}: {message}")),
+        other => other,
+    }
 }
 
 /// Weights loaded once.
 pub struct LlamaEngine {
-    model: LlamaModel,
+    model: Model,
     config: EngineConfig,
     family: &'static dyn Family,
     threads: i32,
@@ -332,9 +306,10 @@ impl LlamaEngine {
         let gpu_layers = config
             .gpu_layers
             .unwrap_or(if GPU_BUILD { u32::MAX } else { 0 });
-        let params = LlamaModelParams::default().with_n_gpu_layers(gpu_layers);
-        let model = LlamaModel::load_from_file(runtime, &config.model, &params)
-            .map_err(|e| file_error(&config.model, format!("llama.cpp could not load it: {e}")))?;
+        let params = ModelParams {
+            n_gpu_layers: Some(gpu_layers),
+        };
+        let model = Model::load(runtime, &config.model, &params)?;
         let threads = config
             .threads
             .unwrap_or_else(|| i32::try_from(physical_cores()).unwrap_or(4));
@@ -358,7 +333,7 @@ impl LlamaEngine {
         self.threads
     }
 
-    pub fn model(&self) -> &LlamaModel {
+    pub fn model(&self) -> &Model {
         &self.model
     }
 
@@ -372,42 +347,44 @@ impl LlamaEngine {
     /// A fresh context (and vision projector) for one run.
     pub fn session(&self) -> Result<LlamaSession<'_>, ModelError> {
         let runtime = runtime()?;
-        let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(self.config.n_ctx))
-            .with_n_batch(self.config.n_batch)
-            .with_n_ubatch(self.config.n_ubatch)
-            .with_n_threads(self.threads)
-            .with_n_threads_batch(self.threads);
+        // n_ctx 0 is the model's own length (what llama.cpp makes of 0); flash attention stays
+        // llama.cpp's default.
+        let params = ContextParams {
+            n_ctx: Some(self.config.n_ctx),
+            n_batch: Some(self.config.n_batch),
+            n_ubatch: Some(self.config.n_ubatch),
+            n_threads: Some(self.threads),
+            n_threads_batch: Some(self.threads),
+            flash_attention: None,
+        };
         let ctx = self
             .model
-            .new_context(runtime, params)
+            .new_context(runtime, &params)
             .map_err(engine("cannot create a context"))?;
         let mtmd = match &self.config.mmproj {
             Some(path) => {
-                let marker = CString::new(mtmd_default_marker()).map_err(engine("media marker"))?;
-                let params = MtmdContextParams {
+                // Everything else (warm-up encode, flash attention, batch limits) stays mtmd's
+                // default.
+                let params = MtmdParams {
                     use_gpu: GPU_BUILD,
                     print_timings: false,
                     n_threads: self.threads,
-                    media_marker: marker,
+                    media_marker: default_media_marker().to_owned(),
                     image_min_tokens: mtmd_limit(self.config.image_min_tokens),
                     image_max_tokens: mtmd_limit(self.config.image_max_tokens),
+                    ..MtmdParams::default()
                 };
-                let mtmd = MtmdContext::init_from_file(
-                    path.to_str()
-                        .ok_or_else(|| file_error(path, "the path is not UTF-8"))?,
-                    &self.model,
-                    &params,
-                )
-                .map_err(|e| {
-                    file_error(
-                        path,
-                        format!(
-                            "llama.cpp could not load this vision projector for {}: {e}",
-                            self.config.model.display()
+                let mtmd =
+                    Mtmd::init_from_file(path, &self.model, &params).map_err(|e| match e {
+                        ModelError::Engine(e) => file_error(
+                            path,
+                            format!(
+                                "llama.cpp could not load this vision projector for {}: {e}",
+                                self.config.model.display()
+                            ),
                         ),
-                    )
-                })?;
+                        other => other,
+                    })?;
                 if !mtmd.support_vision() {
                     return Err(file_error(
                         path,
@@ -418,17 +395,16 @@ impl LlamaEngine {
             }
             None => None,
         };
-        let grammar = LlamaSampler::grammar(&self.model, &self.family.grammar(), "root")
+        let grammar = Sampler::grammar(&self.model, &self.family.grammar(), "root")
             .map_err(engine("the family's action grammar does not compile"))?;
-        let char_tokens = single_char_tokens(&self.model);
+        let char_tokens = single_char_tokens(&self.model)?;
         if char_tokens.is_none() {
             tracing::debug!(
                 "this vocabulary lacks single-character tokens; grammar forcing is off"
             );
         }
         let vocab = self.model.vocab();
-        let mut end_tokens = vec![vocab.eos(), vocab.eot()];
-        end_tokens.retain(|t| t.0 >= 0);
+        let mut end_tokens: Vec<Token> = [vocab.eos(), vocab.eot()].into_iter().flatten().collect();
         end_tokens.dedup();
         Ok(LlamaSession {
             engine: self,
@@ -451,29 +427,28 @@ const MAX_FORCED_CHARS: usize = 64;
 /// For every printable ASCII character, the vocabulary's single token that spells exactly
 /// it; None when some character has none, because forcing is then unsafe (a character the
 /// probe cannot see might be the one the grammar also allows).
-fn single_char_tokens(model: &LlamaModel) -> Option<Vec<(LlamaToken, char)>> {
+fn single_char_tokens(model: &Model) -> Result<Option<Vec<(Token, char)>>, ModelError> {
     let vocab = model.vocab();
-    (' '..='~')
-        .map(|c| {
-            let tokens = vocab.tokenize(c.to_string().as_bytes(), false, false);
-            match tokens.as_slice() {
-                [t] if vocab.token_to_piece(*t, false, None) == c.to_string().as_bytes() => {
-                    Some((*t, c))
-                }
-                _ => None,
-            }
-        })
-        .collect()
+    let mut probes = Vec::new();
+    for c in ' '..='~' {
+        let text = c.to_string();
+        let tokens = vocab.tokenize(text.as_bytes(), false, false)?;
+        match tokens.as_slice() {
+            [t] if vocab.token_to_piece(*t, false)? == text.as_bytes() => probes.push((*t, c)),
+            _ => return Ok(None),
+        }
+    }
+    Ok(Some(probes))
 }
 
 /// The most likely token.
-fn greedy(logits: &[f32]) -> LlamaToken {
+fn greedy(logits: &[f32]) -> Token {
     let best = logits
         .iter()
         .enumerate()
         .max_by(|a, b| a.1.total_cmp(b.1))
         .map_or(0, |(i, _)| i);
-    LlamaToken::new(i32::try_from(best).unwrap_or(0))
+    Token::new(i32::try_from(best).unwrap_or(0))
 }
 
 fn check_room(
@@ -500,12 +475,12 @@ struct CachedPrefix {
 /// One run's context.
 pub struct LlamaSession<'e> {
     engine: &'e LlamaEngine,
-    ctx: LlamaContext<'e>,
-    mtmd: Option<MtmdContext>,
-    grammar: LlamaSampler,
+    ctx: Context<'e>,
+    mtmd: Option<Mtmd<'e>>,
+    grammar: Sampler<'e>,
     /// Probes for grammar-forced text; None disables forcing.
-    char_tokens: Option<Vec<(LlamaToken, char)>>,
-    end_tokens: Vec<LlamaToken>,
+    char_tokens: Option<Vec<(Token, char)>>,
+    end_tokens: Vec<Token>,
     cached_prefix: Option<CachedPrefix>,
     /// The previous prompt, for counting the tokens a step adds: its text tokens and the
     /// identities of its frames.
@@ -567,8 +542,8 @@ impl LlamaSession<'_> {
         if let Some(mtmd) = self.mtmd.as_mut() {
             let chunks = mtmd
                 .tokenize(
-                    MtmdInputText {
-                        text: text.to_owned(),
+                    MtmdInput {
+                        text,
                         add_special,
                         parse_special: true,
                     },
@@ -578,8 +553,8 @@ impl LlamaSession<'_> {
             let n_tokens = chunks.total_tokens();
             check_room(n_ctx, reply_tokens, n_past, n_tokens)?;
             let n_batch = i32::try_from(self.engine.config.n_batch).unwrap_or(i32::MAX);
-            let next = chunks
-                .eval_chunks(mtmd, &mut self.ctx, n_past, 0, n_batch, true)
+            let next = mtmd
+                .eval_chunks(&mut self.ctx, &chunks, n_past, 0, n_batch, true)
                 .map_err(engine("evaluating the prompt"))?;
             return Ok((next, n_tokens));
         }
@@ -587,13 +562,14 @@ impl LlamaSession<'_> {
             .engine
             .model
             .vocab()
-            .tokenize(text.as_bytes(), add_special, true);
+            .tokenize(text.as_bytes(), add_special, true)
+            .map_err(engine("tokenizing the prompt"))?;
         check_room(n_ctx, reply_tokens, n_past, tokens.len())?;
         let mut n_past = n_past;
         let n_batch = self.engine.config.n_batch as usize;
         for (i, chunk) in tokens.chunks(n_batch.max(1)).enumerate() {
             let last_chunk = (i + 1) * n_batch >= tokens.len();
-            let mut batch = LlamaBatch::new(chunk.len(), 1);
+            let mut batch = Batch::new(chunk.len(), 1).map_err(engine("building a batch"))?;
             for (j, &token) in chunk.iter().enumerate() {
                 let logits = last_chunk && j + 1 == chunk.len();
                 batch
@@ -602,7 +578,7 @@ impl LlamaSession<'_> {
                 n_past += 1;
             }
             self.ctx
-                .decode(&mut batch)
+                .decode(&batch)
                 .map_err(engine("evaluating the prompt"))?;
         }
         Ok((n_past, tokens.len()))
@@ -623,12 +599,12 @@ impl LlamaSession<'_> {
             return Ok((n_past, 0, 0));
         };
         let (w, h) = frame.image.dimensions();
-        let bitmap = MtmdBitmap::from_image_data(w, h, frame.image.as_raw())
+        let bitmap = Bitmap::from_rgb(w, h, frame.image.as_raw())
             .map_err(engine("passing the frame to llama.cpp"))?;
         let chunks = mtmd
             .tokenize(
-                MtmdInputText {
-                    text: mtmd_default_marker().to_owned(),
+                MtmdInput {
+                    text: default_media_marker(),
                     add_special: false,
                     parse_special: true,
                 },
@@ -636,9 +612,9 @@ impl LlamaSession<'_> {
             )
             .map_err(engine("tokenizing the image"))?;
         let n_tokens = chunks.total_tokens();
-        let image_tokens = (0..chunks.len())
-            .filter_map(|i| chunks.get(i))
-            .filter(|c| c.chunk_type() == MtmdInputChunkType::Image)
+        let image_tokens = chunks
+            .iter()
+            .filter(|c| c.chunk_type() == ChunkType::Image)
             .map(|c| c.n_tokens())
             .sum();
         let needed = usize::try_from(chunks.total_positions())
@@ -646,8 +622,8 @@ impl LlamaSession<'_> {
             .max(n_tokens);
         check_room(n_ctx, reply_tokens, n_past, needed)?;
         let n_batch = i32::try_from(self.engine.config.n_batch).unwrap_or(i32::MAX);
-        let next = chunks
-            .eval_chunks(mtmd, &mut self.ctx, n_past, 0, n_batch, true)
+        let next = mtmd
+            .eval_chunks(&mut self.ctx, &chunks, n_past, 0, n_batch, true)
             .map_err(engine("encoding the image"))?;
         Ok((next, n_tokens, image_tokens))
     }
@@ -666,7 +642,7 @@ impl LlamaSession<'_> {
         } else {
             Vec::new()
         };
-        let marker = mtmd_default_marker();
+        let marker = default_media_marker();
         let rendered = family.render(
             &prompt.system,
             &prompt.task,
@@ -681,13 +657,13 @@ impl LlamaSession<'_> {
         let mut n_past = match &self.cached_prefix {
             Some(cached) if cached.text == rendered.prefix => {
                 self.ctx
-                    .clear_kv_cache_seq(Some(0), Some(cached.n_past as u32), None)
+                    .memory_seq_rm(Some(0), cached.n_past, None)
                     .map_err(engine("truncating the cache"))?;
                 timings.reused_tokens = cached.tokens;
                 cached.n_past
             }
             _ => {
-                self.ctx.clear_kv_cache();
+                self.ctx.memory_clear();
                 self.cached_prefix = None;
                 let (n_past, tokens) = self.eval_text(&rendered.prefix, 0, true)?;
                 timings.prefill_tokens += tokens;
@@ -769,20 +745,22 @@ impl LlamaSession<'_> {
         self.grammar.reset();
         let vocab = self.engine.model.vocab();
         let mut bytes = Vec::new();
-        let mut batch = LlamaBatch::new(1, 1);
+        let mut batch = Batch::new(1, 1).map_err(engine("building a batch"))?;
         while timings.decode_tokens < self.engine.config.max_reply_tokens {
             self.check_abort()?;
-            let forced = self.forced_tokens();
+            let forced = self.forced_tokens()?;
             if !forced.is_empty() {
                 // Text the grammar leaves no choice about goes in as one batch, unsampled.
-                let mut many = LlamaBatch::new(forced.len(), 1);
+                let mut many = Batch::new(forced.len(), 1).map_err(engine("building a batch"))?;
                 for (i, &token) in forced.iter().enumerate() {
-                    vocab.token_to_piece_into(token, &mut bytes, false, None);
+                    vocab
+                        .token_to_piece_into(token, &mut bytes, false)
+                        .map_err(engine("decoding"))?;
                     many.add(token, n_past, &[0], i + 1 == forced.len())
                         .map_err(engine("building a batch"))?;
                     n_past += 1;
                 }
-                self.ctx.decode(&mut many).map_err(engine("decoding"))?;
+                self.ctx.decode(&many).map_err(engine("decoding"))?;
                 timings.decode_tokens += forced.len();
                 timings.forced_tokens += forced.len();
             }
@@ -790,14 +768,16 @@ impl LlamaSession<'_> {
             if vocab.is_eog(token) {
                 return Ok(String::from_utf8_lossy(&bytes).into_owned());
             }
-            self.grammar.accept(token);
-            vocab.token_to_piece_into(token, &mut bytes, false, None);
+            self.grammar.accept(token).map_err(engine("decoding"))?;
+            vocab
+                .token_to_piece_into(token, &mut bytes, false)
+                .map_err(engine("decoding"))?;
             timings.decode_tokens += 1;
             batch.clear();
             batch
                 .add(token, n_past, &[0], true)
                 .map_err(engine("building a batch"))?;
-            self.ctx.decode(&mut batch).map_err(engine("decoding"))?;
+            self.ctx.decode(&batch).map_err(engine("decoding"))?;
             n_past += 1;
         }
         Err(ModelError::Engine(format!(
@@ -814,73 +794,80 @@ impl LlamaSession<'_> {
     /// come next; while exactly one may (and the reply may not end), it is forced. The text is
     /// then tokenized the model's own way when that spells it exactly, else fed as the
     /// single-character tokens the grammar accepted.
-    fn forced_tokens(&mut self) -> Vec<LlamaToken> {
+    fn forced_tokens(&mut self) -> Result<Vec<Token>, ModelError> {
         let Some(probes) = &self.char_tokens else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
         let vocab = self.engine.model.vocab();
         let mut text = String::new();
         let mut char_tokens = Vec::new();
         while text.len() < MAX_FORCED_CHARS {
-            let mut candidates: Vec<LlamaTokenData> = probes
+            let mut candidates: Vec<TokenData> = probes
                 .iter()
-                .map(|&(t, _)| LlamaTokenData::new(t, 0.0, 0.0))
+                .map(|&(t, _)| TokenData::new(t, 0.0, 0.0))
                 .collect();
-            candidates.extend(
-                self.end_tokens
-                    .iter()
-                    .map(|&t| LlamaTokenData::new(t, 0.0, 0.0)),
-            );
-            let mut array = LlamaTokenDataArray::new(candidates, false);
-            array.apply_sampler(&mut self.grammar);
-            let mut allowed = array.data.iter().filter(|d| d.logit().is_finite());
+            candidates.extend(self.end_tokens.iter().map(|&t| TokenData::new(t, 0.0, 0.0)));
+            let mut array = TokenDataArray::new(candidates, false);
+            self.grammar
+                .apply(&mut array)
+                .map_err(engine("forcing grammar text"))?;
+            let mut allowed = array.data().iter().filter(|d| d.logit().is_finite());
             let (Some(only), None) = (allowed.next(), allowed.next()) else {
                 break;
             };
             let Some(&(token, c)) = probes.iter().find(|(t, _)| *t == only.id()) else {
                 break; // the reply may end here: the model decides
             };
-            self.grammar.accept(token);
+            self.grammar
+                .accept(token)
+                .map_err(engine("forcing grammar text"))?;
             text.push(c);
             char_tokens.push(token);
         }
         if text.is_empty() {
-            return Vec::new();
+            return Ok(Vec::new());
         }
-        let natural = vocab.tokenize(text.as_bytes(), false, false);
-        let spelled: Vec<u8> = natural
-            .iter()
-            .flat_map(|&t| vocab.token_to_piece(t, false, None))
-            .collect();
-        if spelled == text.as_bytes() {
+        let natural = vocab
+            .tokenize(text.as_bytes(), false, false)
+            .map_err(engine("forcing grammar text"))?;
+        let mut spelled = Vec::new();
+        for &t in &natural {
+            vocab
+                .token_to_piece_into(t, &mut spelled, false)
+                .map_err(engine("forcing grammar text"))?;
+        }
+        Ok(if spelled == text.as_bytes() {
             natural
         } else {
             char_tokens
-        }
+        })
     }
 
     /// The next token: the model's greedy choice if the grammar allows it, else the best
     /// token the grammar allows.
-    fn pick(&mut self) -> Result<LlamaToken, ModelError> {
+    fn pick(&mut self) -> Result<Token, ModelError> {
         // -1 is llama.cpp's index of the last output, which is where the logits are after
         // both the prompt and each one-token batch.
         let index = -1;
-        let greedy = greedy(self.ctx.get_logits_ith(index));
-        let mut single =
-            LlamaTokenDataArray::new(vec![LlamaTokenData::new(greedy, 0.0, 0.0)], false);
-        single.apply_sampler(&mut self.grammar);
-        if single.data.first().is_some_and(|d| d.logit().is_finite()) {
+        let greedy = greedy(self.ctx.logits_ith(index).map_err(engine("decoding"))?);
+        let mut single = TokenDataArray::new(vec![TokenData::new(greedy, 0.0, 0.0)], false);
+        self.grammar
+            .apply(&mut single)
+            .map_err(engine("decoding"))?;
+        if single.data().first().is_some_and(|d| d.logit().is_finite()) {
             return Ok(greedy);
         }
-        let mut all = self.ctx.token_data_array_ith(index);
-        all.apply_sampler(&mut self.grammar);
-        // Accepting a token the grammar rejects aborts inside llama.cpp, so an empty choice
-        // must stop here.
-        all.data
+        let mut all = self
+            .ctx
+            .token_data_array_ith(index)
+            .map_err(engine("decoding"))?;
+        self.grammar.apply(&mut all).map_err(engine("decoding"))?;
+        // Accepting a token the grammar rejects is an error, so an empty choice must stop here.
+        all.data()
             .iter()
             .filter(|d| d.logit().is_finite())
             .max_by(|a, b| a.logit().total_cmp(&b.logit()))
-            .map(LlamaTokenData::id)
+            .map(TokenData::id)
             .ok_or_else(|| ModelError::Engine("the action grammar allows no next token".into()))
     }
 }
@@ -889,15 +876,15 @@ impl LlamaSession<'_> {
 impl LlamaSession<'_> {
     /// Evaluate `n_tokens` prompt tokens in one go from an empty cache; returns the time.
     pub fn bench_prefill(&mut self, n_tokens: usize) -> Result<std::time::Duration, ModelError> {
-        let tokens = self.bench_tokens(n_tokens);
-        self.ctx.clear_kv_cache();
+        let tokens = self.bench_tokens(n_tokens)?;
+        self.ctx.memory_clear();
         self.cached_prefix = None;
         let started = Instant::now();
         let n_batch = (self.engine.config.n_batch as usize).max(1);
         let mut n_past = 0;
         for (i, chunk) in tokens.chunks(n_batch).enumerate() {
             let last_chunk = (i + 1) * n_batch >= tokens.len();
-            let mut batch = LlamaBatch::new(chunk.len(), 1);
+            let mut batch = Batch::new(chunk.len(), 1).map_err(engine("building a batch"))?;
             for (j, &token) in chunk.iter().enumerate() {
                 batch
                     .add(token, n_past, &[0], last_chunk && j + 1 == chunk.len())
@@ -905,7 +892,7 @@ impl LlamaSession<'_> {
                 n_past += 1;
             }
             self.ctx
-                .decode(&mut batch)
+                .decode(&batch)
                 .map_err(engine("evaluating the prompt"))?;
         }
         Ok(started.elapsed())
@@ -914,33 +901,35 @@ impl LlamaSession<'_> {
     /// Decode `n_tokens` one at a time after a short prompt, greedily and without stopping at
     /// end tokens; returns the time of the decode alone.
     pub fn bench_decode(&mut self, n_tokens: usize) -> Result<std::time::Duration, ModelError> {
-        let prompt = self.bench_tokens(16);
+        let prompt = self.bench_tokens(16)?;
         self.bench_prefill(prompt.len())?;
         let start = i32::try_from(prompt.len()).unwrap_or(16);
         let end = start.saturating_add(i32::try_from(n_tokens).unwrap_or(i32::MAX));
-        let mut batch = LlamaBatch::new(1, 1);
+        let mut batch = Batch::new(1, 1).map_err(engine("building a batch"))?;
         let started = Instant::now();
         for n_past in start..end {
-            let next = greedy(self.ctx.get_logits_ith(-1));
+            let next = greedy(self.ctx.logits_ith(-1).map_err(engine("decoding"))?);
             batch.clear();
             batch
                 .add(next, n_past, &[0], true)
                 .map_err(engine("building a batch"))?;
-            self.ctx.decode(&mut batch).map_err(engine("decoding"))?;
+            self.ctx.decode(&batch).map_err(engine("decoding"))?;
         }
         Ok(started.elapsed())
     }
 
     /// Ordinary text tokens to time the engine with (llama-bench uses random ones; any
     /// tokens cost the same).
-    fn bench_tokens(&self, n: usize) -> Vec<LlamaToken> {
+    fn bench_tokens(&self, n: usize) -> Result<Vec<Token>, ModelError> {
         let text = "Open the settings window, find the network section and turn on the proxy. ";
         let vocab = self.engine.model.vocab();
-        let mut tokens = vocab.tokenize(text.as_bytes(), false, false);
+        let mut tokens = vocab
+            .tokenize(text.as_bytes(), false, false)
+            .map_err(engine("tokenizing"))?;
         if tokens.is_empty() {
-            tokens.push(LlamaToken::new(1));
+            tokens.push(Token::new(1));
         }
-        tokens.iter().copied().cycle().take(n).collect()
+        Ok(tokens.iter().copied().cycle().take(n).collect())
     }
 }
 
