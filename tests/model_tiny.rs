@@ -58,15 +58,18 @@ fn the_tiny_vlm_sees_a_real_screenshot_and_returns_a_valid_action() {
             "the image went through mtmd"
         );
         // Measured between mtmd's own log lines, so even this 1 ms encoder shows a time.
-        assert!(reply.timings.image_encode_ms > 0.0, "{:?}", reply.timings);
-        assert!(reply.timings.image_encoder_ms > 0.0, "{:?}", reply.timings);
+        if step == 0 {
+            assert!(reply.timings.image_encode_ms > 0.0, "{:?}", reply.timings);
+            assert!(reply.timings.image_encoder_ms > 0.0, "{:?}", reply.timings);
+        }
         assert!(
             reply.timings.image_encoder_ms <= reply.timings.image_encode_ms,
             "{:?}",
             reply.timings
         );
-        // Only this step's screenshot: the earlier one is in the cache.
-        assert_eq!(reply.timings.image_encodes, 1);
+        // The screenshot is encoded once: the second step shows the same pixels again, which
+        // come from the kept encoding.
+        assert_eq!(reply.timings.image_encodes, usize::from(step == 0));
         // Points are screen pixels of the captured monitor.
         for p in reply.action.points() {
             assert!(

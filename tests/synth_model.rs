@@ -120,22 +120,65 @@ fn a_synthetic_qwen25_vl_pair_loads_sees_a_frame_and_replies() {
     assert_eq!(t.new_tokens, t.prefill_tokens, "the first step is all new");
 
     // The next step: the first screenshot, the reply and all before them are in the cache;
-    // only the new turn and its screenshot are evaluated.
+    // only the new turn and its (new) screenshot are evaluated.
+    let second_frame = Frame {
+        image: RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([(y % 256) as u8, 40, (x % 256) as u8])
+        }),
+        map: FrameMap::new(&monitor, w, h),
+    };
     let next = Prompt {
+        system: prompt.system.clone(),
+        task: prompt.task.clone(),
         past: vec![PastTurn {
             note: String::new(),
             frame: Some(&frame),
             reply: reply.raw.clone(),
         }],
-        ..prompt
+        note: String::new(),
+        frame: &second_frame,
     };
-    let second = session.generate(&next).unwrap().timings;
-    assert_eq!(
-        second.image_encodes, 1,
-        "only the new screenshot: {second:?}"
-    );
+    let second = session.generate(&next).unwrap();
+    let t2 = &second.timings;
+    assert_eq!(t2.image_encodes, 1, "only the new screenshot: {t2:?}");
     assert!(
-        second.reused_tokens >= t.prefill_tokens,
-        "the first prompt stays in the cache: {second:?}"
+        t2.reused_tokens >= t.prefill_tokens,
+        "the first prompt stays in the cache: {t2:?}"
     );
+
+    // The first screenshot leaves: everything after it is evaluated again, the second
+    // screenshot (under M-RoPE, at new positions) from its kept encoding, with no encoder pass.
+    let third = Prompt {
+        past: vec![
+            PastTurn {
+                note: String::new(),
+                frame: None,
+                reply: reply.raw.clone(),
+            },
+            PastTurn {
+                note: "That action was not run: a test.".into(),
+                frame: Some(&second_frame),
+                reply: second.text.clone(),
+            },
+        ],
+        note: String::new(),
+        frame: &second_frame,
+        ..next
+    };
+    // Random weights may name any point the grammar allows, so the reply is not mapped.
+    let third_reply = session
+        .generate(&third)
+        .expect("a reply after the eviction");
+    let t3 = &third_reply.timings;
+    eprintln!("after the eviction: {t3:?}");
+    assert_eq!(t3.image_encodes, 0, "{t3:?}");
+    assert_eq!(t3.image_tokens, 2 * t.image_tokens, "{t3:?}");
+    assert!(t3.image_prefill_ms > 0.0, "{t3:?}");
+    // What the cache holds is what a fresh tokenization of the conversation gives.
+    let units = session.prompt_units(&third).unwrap();
+    assert_eq!(&session.cache_units()[..units.len()], units.as_slice());
+    engine
+        .family()
+        .parse(&third_reply.text)
+        .expect("the grammar keeps it valid");
 }

@@ -15,7 +15,7 @@ use super::Summary;
 use crate::cli::Failure;
 use crate::model::conversation::Piece;
 use crate::model::llama::{EngineConfig, LlamaEngine, LlamaSession};
-use crate::model::{FamilyId, PastTurn, Prompt};
+use crate::model::{FamilyId, ModelError, PastTurn, Prompt};
 use crate::screen::{Frame, FrameMap, FrameTarget, MonitorInfo};
 
 #[derive(Debug, Args)]
@@ -349,7 +349,7 @@ fn image(
         }
         runs.push(ImageFigures {
             image_tokens: t.image_tokens,
-            tokens_before: tokens_before_image(engine, &prompt),
+            tokens_before: tokens_before_image(engine, &prompt)?,
             // The encoder by llama.cpp's own timer, as llama-mtmd-cli reports it: the
             // preprocessing around it (resizing the frame) is not in the reference's figure.
             encode_ms: t.image_encoder_ms,
@@ -373,23 +373,21 @@ fn image(
 
 /// The prompt's tokens before its (only) image: the template's pieces up to the image, the
 /// BOS token where the model has one, and the vision-start token mtmd puts in front of it.
-fn tokens_before_image(engine: &LlamaEngine, prompt: &Prompt<'_>) -> usize {
+fn tokens_before_image(engine: &LlamaEngine, prompt: &Prompt<'_>) -> Result<usize, ModelError> {
     let rendered =
         engine
             .family()
             .render_conversation(&prompt.system, &prompt.task, &prompt.turns());
     let vocab = engine.model().vocab();
-    let before: usize = rendered
-        .pieces
-        .iter()
-        .take_while(|p| !matches!(p, Piece::Image { .. }))
-        .map(|p| match p {
-            Piece::Markup(t) => vocab.tokenize(t.as_bytes(), false, true).len(),
-            Piece::Content(t) => vocab.tokenize(t.as_bytes(), false, false).len(),
-            Piece::Image { .. } => 0,
-        })
-        .sum();
-    vocab.tokenize(b"", true, true).len() + before + 1
+    let mut before = vocab.tokenize(b"", true, true)?.len() + 1;
+    for piece in &rendered.pieces {
+        before += match piece {
+            Piece::Markup(t) => vocab.tokenize(t.as_bytes(), false, true)?.len(),
+            Piece::Content(t) => vocab.tokenize(t.as_bytes(), false, false)?.len(),
+            Piece::Image { .. } => break,
+        };
+    }
+    Ok(before)
 }
 
 /// llama-mtmd-cli's figures for the same files, image and threads, and its peak RSS.

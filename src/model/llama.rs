@@ -1,35 +1,24 @@
-//! The default engine: llama.cpp in-process through `llama-cpp-2`, with `mtmd` for images.
+//! The default engine: llama.cpp in-process through deskhand's own safe layer over its C API
+//! ([`super::ffi`]), with `mtmd` for images.
 //!
 //! One `LlamaEngine` loads the GGUF weights once; a `LlamaSession` holds the long-lived context
 //! (and the vision projector) for one run. Each step keeps the system-and-task prefix in the KV
 //! cache and evaluates only what follows it, and decoding is grammar-constrained so the reply
 //! always parses.
 
-use std::ffi::CString;
-use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use llama_cpp_2::context::LlamaContext;
-use llama_cpp_2::context::params::LlamaContextParams;
-use llama_cpp_2::llama_backend::LlamaBackend as LlamaRuntime;
-use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::model::LlamaModel;
-use llama_cpp_2::model::params::LlamaModelParams;
-use llama_cpp_2::mtmd::{
-    MtmdBitmap, MtmdContext, MtmdContextParams, MtmdInputChunkType, MtmdInputText,
-    mtmd_default_marker,
-};
-use llama_cpp_2::sampling::LlamaSampler;
-use llama_cpp_2::token::LlamaToken;
-use llama_cpp_2::token::data::LlamaTokenData;
-use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use thiserror::Error;
 
 use super::conversation::{Piece, Rendered};
 use super::family::{Family, FamilyId};
+use super::ffi::{
+    self, Batch, Bitmap, ChunkType, Context, ContextParams, ImageEmbedding, Model, ModelParams,
+    Mtmd, MtmdInput, MtmdParams, Sampler, Token, TokenData, TokenDataArray, default_media_marker,
+};
 use super::kv::{CacheLine, Unit};
 use super::{Backend, ModelError, Prompt, Reply, Timings, ms};
 use crate::input::AbortSignal;
@@ -95,7 +84,6 @@ impl EngineConfig {
         self
     }
 
-    /// Aims frames at `tokens` image tokens (`--image-tokens`). It must be at least 1 and
     /// Size the context for a conversation showing up to `images` screenshots at the image
     /// budget, with room for the text of many turns; never smaller than the default. A
     /// conversation that outgrows it leaves its oldest turns out.
@@ -108,6 +96,7 @@ impl EngineConfig {
         self.n_ctx = self.n_ctx.max(wanted.div_ceil(1024).saturating_mul(1024));
     }
 
+    /// Aims frames at `tokens` image tokens (`--image-tokens`). It must be at least 1 and
     /// inside the model's range where that is known: outside it, mtmd would resize the frame
     /// again, and the model's points would no longer be in the frame's pixels. `model` names
     /// the model in the error.
@@ -195,16 +184,7 @@ pub fn physical_cores() -> usize {
 /// llama.cpp's own account of what it was built with and can use ("AVX512 = 1 | AMX_INT8 = 0
 /// | ..."), per backend.
 pub fn system_info() -> String {
-    // SAFETY: llama.cpp returns a pointer to a static NUL-terminated string.
-    unsafe {
-        let text = llama_cpp_sys_2::llama_print_system_info();
-        if text.is_null() {
-            return String::new();
-        }
-        std::ffi::CStr::from_ptr(text)
-            .to_string_lossy()
-            .into_owned()
-    }
+    ffi::system_info()
 }
 
 static PRINT_LLAMA_LOG: AtomicBool = AtomicBool::new(false);
@@ -247,31 +227,23 @@ impl ImageLog {
 }
 
 /// mtmd's log, read for the spans of encoding and decoding images, and printed only when
-/// DESKHAND_LLAMA_LOG asks for it.
-unsafe extern "C" fn mtmd_log(
-    _level: llama_cpp_sys_2::ggml_log_level,
-    text: *const std::os::raw::c_char,
-    _user_data: *mut std::os::raw::c_void,
-) {
+/// DESKHAND_LLAMA_LOG asks for it. It also gets the lines `ffi::Mtmd::encode_image_chunk`
+/// writes around its encode, which are mtmd's own words for the same span.
+fn mtmd_log(_level: ffi::LogLevel, line: &str) {
     let now = Instant::now();
-    if text.is_null() {
-        return;
-    }
-    // SAFETY: mtmd passes a NUL-terminated string valid for the call.
-    let line = unsafe { std::ffi::CStr::from_ptr(text) }.to_string_lossy();
     if PRINT_LLAMA_LOG.load(Ordering::Relaxed) {
         eprint!("{line}");
     }
     // A log callback must not unwind into C; a re-entrant borrow is skipped, not a panic.
     IMAGE_LOG.with(|log| {
         if let Ok(mut log) = log.try_borrow_mut() {
-            log.read(&line, now);
+            log.read(line, now);
         }
     });
 }
 
 /// What mtmd reported on this thread since the last call, and starts counting again.
-fn take_image_times() -> ImageTimes {
+pub(crate) fn take_image_times() -> ImageTimes {
     IMAGE_LOG.with(|log| {
         log.try_borrow_mut()
             .map(|mut log| std::mem::take(&mut *log).times)
@@ -281,21 +253,21 @@ fn take_image_times() -> ImageTimes {
 
 /// What mtmd's log said about the images since the last look.
 #[derive(Default, Debug, PartialEq)]
-struct ImageTimes {
+pub(crate) struct ImageTimes {
     /// Image slices encoded.
-    encodes: usize,
+    pub(crate) encodes: usize,
     /// The encoder's own time for them.
-    encode_ms: f64,
+    pub(crate) encode_ms: f64,
     /// Decoding their tokens into the cache.
-    decode_ms: f64,
+    pub(crate) decode_ms: f64,
 }
 
 /// llama.cpp's global state may be initialised only once per process.
-pub(crate) fn runtime() -> Result<&'static LlamaRuntime, ModelError> {
-    static RUNTIME: OnceLock<Result<LlamaRuntime, String>> = OnceLock::new();
+pub(crate) fn runtime() -> Result<&'static ffi::Backend, ModelError> {
+    static RUNTIME: OnceLock<Result<ffi::Backend, String>> = OnceLock::new();
     RUNTIME
         .get_or_init(|| {
-            let mut runtime = LlamaRuntime::init().map_err(|e| e.to_string())?;
+            let mut runtime = ffi::Backend::init().map_err(|e| e.to_string())?;
             // llama.cpp logs every tensor it loads and mtmd every image it encodes; keep that
             // out of the user's terminal unless DESKHAND_LLAMA_LOG asks for it.
             if std::env::var_os("DESKHAND_LLAMA_LOG").is_none() {
@@ -303,9 +275,7 @@ pub(crate) fn runtime() -> Result<&'static LlamaRuntime, ModelError> {
             } else {
                 PRINT_LLAMA_LOG.store(true, Ordering::Relaxed);
             }
-            // SAFETY: installs a callback that reads only its text argument; the null user
-            // data is never read.
-            unsafe { llama_cpp_sys_2::mtmd_helper_log_set(Some(mtmd_log), std::ptr::null_mut()) };
+            ffi::set_mtmd_log(mtmd_log);
             Ok(runtime)
         })
         .as_ref()
@@ -319,13 +289,17 @@ fn file_error(path: &Path, problem: impl Into<String>) -> ModelError {
     }
 }
 
-fn engine<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> ModelError + '_ {
-    move |e| ModelError::Engine(format!("{what}: {e}"))
+/// Says what the engine was doing when llama.cpp failed; other errors pass through.
+fn engine(what: &str) -> impl FnOnce(ModelError) -> ModelError + '_ {
+    move |e| match e {
+        ModelError::Engine(message) => ModelError::Engine(format!("{what}: {message}")),
+        other => other,
+    }
 }
 
 /// Weights loaded once.
 pub struct LlamaEngine {
-    model: LlamaModel,
+    model: Model,
     config: EngineConfig,
     family: &'static dyn Family,
     threads: i32,
@@ -350,9 +324,10 @@ impl LlamaEngine {
         let gpu_layers = config
             .gpu_layers
             .unwrap_or(if GPU_BUILD { u32::MAX } else { 0 });
-        let params = LlamaModelParams::default().with_n_gpu_layers(gpu_layers);
-        let model = LlamaModel::load_from_file(runtime, &config.model, &params)
-            .map_err(|e| file_error(&config.model, format!("llama.cpp could not load it: {e}")))?;
+        let params = ModelParams {
+            n_gpu_layers: Some(gpu_layers),
+        };
+        let model = Model::load(runtime, &config.model, &params)?;
         let threads = config
             .threads
             .unwrap_or_else(|| i32::try_from(physical_cores()).unwrap_or(4));
@@ -376,7 +351,7 @@ impl LlamaEngine {
         self.threads
     }
 
-    pub fn model(&self) -> &LlamaModel {
+    pub fn model(&self) -> &Model {
         &self.model
     }
 
@@ -390,42 +365,44 @@ impl LlamaEngine {
     /// A fresh context (and vision projector) for one run.
     pub fn session(&self) -> Result<LlamaSession<'_>, ModelError> {
         let runtime = runtime()?;
-        let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(self.config.n_ctx))
-            .with_n_batch(self.config.n_batch)
-            .with_n_ubatch(self.config.n_ubatch)
-            .with_n_threads(self.threads)
-            .with_n_threads_batch(self.threads);
+        // n_ctx 0 is the model's own length (what llama.cpp makes of 0); flash attention stays
+        // llama.cpp's default.
+        let params = ContextParams {
+            n_ctx: Some(self.config.n_ctx),
+            n_batch: Some(self.config.n_batch),
+            n_ubatch: Some(self.config.n_ubatch),
+            n_threads: Some(self.threads),
+            n_threads_batch: Some(self.threads),
+            flash_attention: None,
+        };
         let ctx = self
             .model
-            .new_context(runtime, params)
+            .new_context(runtime, &params)
             .map_err(engine("cannot create a context"))?;
         let mtmd = match &self.config.mmproj {
             Some(path) => {
-                let marker = CString::new(mtmd_default_marker()).map_err(engine("media marker"))?;
-                let params = MtmdContextParams {
+                // Everything else (warm-up encode, flash attention, batch limits) stays mtmd's
+                // default.
+                let params = MtmdParams {
                     use_gpu: GPU_BUILD,
                     print_timings: false,
                     n_threads: self.threads,
-                    media_marker: marker,
+                    media_marker: default_media_marker().to_owned(),
                     image_min_tokens: mtmd_limit(self.config.image_min_tokens),
                     image_max_tokens: mtmd_limit(self.config.image_max_tokens),
+                    ..MtmdParams::default()
                 };
-                let mtmd = MtmdContext::init_from_file(
-                    path.to_str()
-                        .ok_or_else(|| file_error(path, "the path is not UTF-8"))?,
-                    &self.model,
-                    &params,
-                )
-                .map_err(|e| {
-                    file_error(
-                        path,
-                        format!(
-                            "llama.cpp could not load this vision projector for {}: {e}",
-                            self.config.model.display()
+                let mtmd =
+                    Mtmd::init_from_file(path, &self.model, &params).map_err(|e| match e {
+                        ModelError::Engine(e) => file_error(
+                            path,
+                            format!(
+                                "llama.cpp could not load this vision projector for {}: {e}",
+                                self.config.model.display()
+                            ),
                         ),
-                    )
-                })?;
+                        other => other,
+                    })?;
                 if !mtmd.support_vision() {
                     return Err(file_error(
                         path,
@@ -436,17 +413,16 @@ impl LlamaEngine {
             }
             None => None,
         };
-        let grammar = LlamaSampler::grammar(&self.model, &self.family.grammar(), "root")
+        let grammar = Sampler::grammar(&self.model, &self.family.grammar(), "root")
             .map_err(engine("the family's action grammar does not compile"))?;
-        let char_tokens = single_char_tokens(&self.model);
+        let char_tokens = single_char_tokens(&self.model)?;
         if char_tokens.is_none() {
             tracing::debug!(
                 "this vocabulary lacks single-character tokens; grammar forcing is off"
             );
         }
         let vocab = self.model.vocab();
-        let mut end_tokens = vec![vocab.eos(), vocab.eot()];
-        end_tokens.retain(|t| t.0 >= 0);
+        let mut end_tokens: Vec<Token> = [vocab.eos(), vocab.eot()].into_iter().flatten().collect();
         end_tokens.dedup();
         Ok(LlamaSession {
             engine: self,
@@ -456,6 +432,7 @@ impl LlamaEngine {
             char_tokens,
             end_tokens,
             cache: CacheLine::default(),
+            kept: std::collections::HashMap::new(),
             previous_text_tokens: 0,
             previous_frames: Vec::new(),
             left_out_turns: 0,
@@ -472,29 +449,28 @@ const MAX_FORCED_CHARS: usize = 64;
 /// For every printable ASCII character, the vocabulary's single token that spells exactly
 /// it; None when some character has none, because forcing is then unsafe (a character the
 /// probe cannot see might be the one the grammar also allows).
-fn single_char_tokens(model: &LlamaModel) -> Option<Vec<(LlamaToken, char)>> {
+fn single_char_tokens(model: &Model) -> Result<Option<Vec<(Token, char)>>, ModelError> {
     let vocab = model.vocab();
-    (' '..='~')
-        .map(|c| {
-            let tokens = vocab.tokenize(c.to_string().as_bytes(), false, false);
-            match tokens.as_slice() {
-                [t] if vocab.token_to_piece(*t, false, None) == c.to_string().as_bytes() => {
-                    Some((*t, c))
-                }
-                _ => None,
-            }
-        })
-        .collect()
+    let mut probes = Vec::new();
+    for c in ' '..='~' {
+        let text = c.to_string();
+        let tokens = vocab.tokenize(text.as_bytes(), false, false)?;
+        match tokens.as_slice() {
+            [t] if vocab.token_to_piece(*t, false)? == text.as_bytes() => probes.push((*t, c)),
+            _ => return Ok(None),
+        }
+    }
+    Ok(Some(probes))
 }
 
 /// The most likely token.
-fn greedy(logits: &[f32]) -> LlamaToken {
+fn greedy(logits: &[f32]) -> Token {
     let best = logits
         .iter()
         .enumerate()
         .max_by(|a, b| a.1.total_cmp(b.1))
         .map_or(0, |(i, _)| i);
-    LlamaToken::new(i32::try_from(best).unwrap_or(0))
+    Token::new(i32::try_from(best).unwrap_or(0))
 }
 
 fn check_room(
@@ -510,30 +486,48 @@ fn check_room(
     Ok(())
 }
 
-/// One run's context.
-pub struct LlamaSession<'e> {
-    engine: &'e LlamaEngine,
-    ctx: LlamaContext<'e>,
-    mtmd: Option<MtmdContext>,
-    grammar: LlamaSampler,
-    /// Probes for grammar-forced text; None disables forcing.
-    char_tokens: Option<Vec<(LlamaToken, char)>>,
-    end_tokens: Vec<LlamaToken>,
-    /// What the KV cache holds: the last prompt and the reply decoded after it.
-    cache: CacheLine,
-    /// The previous prompt, for counting the tokens a step adds: its text tokens and the
-    /// identities of its frames.
-    previous_text_tokens: usize,
-    previous_frames: Vec<u64>,
-    /// The oldest turns left out of the prompt because the context was full.
-    left_out_turns: usize,
-    /// What the cache may keep from step to step.
-    reuse: Reuse,
-    /// The tokens the last image evaluated took.
-    last_image_tokens: Option<usize>,
-    /// The run's abort switch, looked at between prompt pieces and between tokens (an image
-    /// encode, one call into llama.cpp, runs to its end).
-    abort: Option<AbortSignal>,
+/// Decode `tokens` into sequence 0 from position `start`, `n_batch` at a time, with logits for
+/// the last one; looks at `abort` between batches.
+fn decode_tokens(
+    ctx: &mut Context<'_>,
+    tokens: &[Token],
+    start: i32,
+    n_batch: usize,
+    abort: Option<&AbortSignal>,
+) -> Result<(), ModelError> {
+    let n_batch = n_batch.max(1);
+    let mut pos = start;
+    for (i, chunk) in tokens.chunks(n_batch).enumerate() {
+        if abort.is_some_and(|a| a.reason().is_some()) {
+            return Err(ModelError::Aborted);
+        }
+        let last_chunk = (i + 1) * n_batch >= tokens.len();
+        let mut batch = Batch::new(chunk.len(), 1).map_err(engine("building a batch"))?;
+        for (j, &token) in chunk.iter().enumerate() {
+            batch
+                .add(token, pos, &[0], last_chunk && j + 1 == chunk.len())
+                .map_err(engine("building a batch"))?;
+            pos += 1;
+        }
+        ctx.decode(&batch)
+            .map_err(engine("evaluating the prompt"))?;
+    }
+    Ok(())
+}
+
+/// A screenshot as mtmd tokenized it, through the vision encoder once: the text tokens mtmd
+/// puts around it (the model's image delimiters) and the encoder's output, which decodes into
+/// the cache again at any position without another pass through the encoder.
+struct KeptImage {
+    parts: Vec<KeptPart>,
+    /// Every token it puts in the cache, delimiters included.
+    tokens: usize,
+    image_tokens: usize,
+}
+
+enum KeptPart {
+    Text(Vec<Token>),
+    Image(ImageEmbedding),
 }
 
 /// A prompt as cache units, each image with the frame it shows.
@@ -548,6 +542,34 @@ pub enum Reuse {
     /// is encoded and everything after it evaluated again at every step. deskhand's design
     /// before the conversation, kept as `bench step`'s baseline.
     PrefixOnly,
+}
+
+/// One run's context.
+pub struct LlamaSession<'e> {
+    engine: &'e LlamaEngine,
+    ctx: Context<'e>,
+    mtmd: Option<Mtmd<'e>>,
+    grammar: Sampler<'e>,
+    /// Probes for grammar-forced text; None disables forcing.
+    char_tokens: Option<Vec<(Token, char)>>,
+    end_tokens: Vec<Token>,
+    /// What the KV cache holds: the last prompt and the reply decoded after it.
+    cache: CacheLine,
+    /// The screenshots of the conversation, each encoded once, by frame id.
+    kept: std::collections::HashMap<u64, KeptImage>,
+    /// The previous prompt, for counting the tokens a step adds: its text tokens and the
+    /// identities of its frames.
+    previous_text_tokens: usize,
+    previous_frames: Vec<u64>,
+    /// The oldest turns left out of the prompt because the context was full.
+    left_out_turns: usize,
+    /// What the cache may keep from step to step.
+    reuse: Reuse,
+    /// The tokens the last image evaluated took.
+    last_image_tokens: Option<usize>,
+    /// The run's abort switch, looked at between prompt pieces and between tokens (an image
+    /// encode, one call into llama.cpp, runs to its end).
+    abort: Option<AbortSignal>,
 }
 
 /// A frame's identity for [`Timings::new_tokens`]: a hash of its size and pixels.
@@ -582,87 +604,22 @@ impl LlamaSession<'_> {
         self.reuse = reuse;
     }
 
-    /// Forget what the cache holds, so the next step evaluates its whole prompt (the
-    /// benchmarks' full-recompute baseline).
+    /// Forget what the cache holds and every kept screenshot, so the next step evaluates and
+    /// encodes its whole prompt (the benchmarks' full-recompute baseline).
     pub fn forget_cache(&mut self) {
-        self.ctx.clear_kv_cache();
+        self.ctx.memory_clear();
         self.cache.clear();
+        self.kept.clear();
     }
 
-    /// Evaluate `tokens` at the end of the cache in batches, with logits for the last one.
-    fn eval_tokens(&mut self, tokens: &[LlamaToken]) -> Result<(), ModelError> {
-        let n_ctx = self.ctx.n_ctx() as usize;
-        check_room(
-            n_ctx,
-            self.engine.config.max_reply_tokens,
-            self.cache.end(),
-            tokens.len(),
-        )?;
-        let n_batch = (self.engine.config.n_batch as usize).max(1);
-        for (i, chunk) in tokens.chunks(n_batch).enumerate() {
-            self.check_abort()?;
-            let last_chunk = (i + 1) * n_batch >= tokens.len();
-            let mut batch = LlamaBatch::new(chunk.len(), 1);
-            let start = self.cache.end();
-            for (j, &token) in chunk.iter().enumerate() {
-                let logits = last_chunk && j + 1 == chunk.len();
-                let pos = start + i32::try_from(j).unwrap_or(i32::MAX);
-                batch
-                    .add(token, pos, &[0], logits)
-                    .map_err(engine("building a batch"))?;
-            }
-            self.ctx
-                .decode(&mut batch)
-                .map_err(engine("evaluating the prompt"))?;
-            for &token in chunk {
-                self.cache.push_token(token.0);
-            }
-        }
-        Ok(())
+    /// What the KV cache holds, unit by unit: the last prompt and the reply decoded after it.
+    pub fn cache_units(&self) -> &[Unit] {
+        self.cache.units()
     }
 
-    /// Evaluate one image at `n_past`; returns the new n_past, the tokens evaluated (the image's
-    /// and the markers around it) and the image's own token count.
-    fn eval_image(
-        &mut self,
-        frame: &Frame,
-        n_past: i32,
-    ) -> Result<(i32, usize, usize), ModelError> {
-        let (n_ctx, reply_tokens) = (
-            self.ctx.n_ctx() as usize,
-            self.engine.config.max_reply_tokens,
-        );
-        let Some(mtmd) = self.mtmd.as_mut() else {
-            return Ok((n_past, 0, 0));
-        };
-        let (w, h) = frame.image.dimensions();
-        let bitmap = MtmdBitmap::from_image_data(w, h, frame.image.as_raw())
-            .map_err(engine("passing the frame to llama.cpp"))?;
-        let chunks = mtmd
-            .tokenize(
-                MtmdInputText {
-                    text: mtmd_default_marker().to_owned(),
-                    add_special: false,
-                    parse_special: true,
-                },
-                &[&bitmap],
-            )
-            .map_err(engine("tokenizing the image"))?;
-        let n_tokens = chunks.total_tokens();
-        let image_tokens = (0..chunks.len())
-            .filter_map(|i| chunks.get(i))
-            .filter(|c| c.chunk_type() == MtmdInputChunkType::Image)
-            .map(|c| c.n_tokens())
-            .sum();
-        let needed = usize::try_from(chunks.total_positions())
-            .unwrap_or(n_tokens)
-            .max(n_tokens);
-        check_room(n_ctx, reply_tokens, n_past, needed)?;
-        let n_batch = i32::try_from(self.engine.config.n_batch).unwrap_or(i32::MAX);
-        let next = chunks
-            .eval_chunks(mtmd, &mut self.ctx, n_past, 0, n_batch, true)
-            .map_err(engine("encoding the image"))?;
-        Ok((next, n_tokens, image_tokens))
+    /// The units `prompt` tokenizes into now, as the next `generate` will evaluate them.
+    pub fn prompt_units(&mut self, prompt: &Prompt<'_>) -> Result<Vec<Unit>, ModelError> {
+        Ok(self.fitted(prompt)?.0.into_iter().map(|(u, _)| u).collect())
     }
 
     /// The prompt as cache units, each image with its frame. Markup is tokenized with special
@@ -675,22 +632,18 @@ impl LlamaSession<'_> {
         first_turn: usize,
     ) -> Result<PromptUnits<'p>, ModelError> {
         let vocab = self.engine.model.vocab();
-        let mut units = Vec::new();
-        let text =
-            |units: &mut Vec<(Unit, Option<&'p Frame>)>, t: &str, bos: bool, special: bool| {
-                units.extend(
-                    vocab
-                        .tokenize(t.as_bytes(), bos, special)
-                        .into_iter()
-                        .map(|t| (Unit::Token(t.0), None)),
-                );
-            };
+        let tokens = |t: &str, bos: bool, special: bool| {
+            vocab
+                .tokenize(t.as_bytes(), bos, special)
+                .map_err(engine("tokenizing the prompt"))
+        };
+        let as_units = |tokens: Vec<Token>| tokens.into_iter().map(|t| (Unit::Token(t.0), None));
         // The BOS token, where the model has one, comes from the tokenizer, not the text.
-        text(&mut units, "", true, true);
+        let mut units: PromptUnits<'p> = as_units(tokens("", true, true)?).collect();
         for piece in &rendered.pieces {
             match piece {
-                Piece::Markup(t) => text(&mut units, t, false, true),
-                Piece::Content(t) => text(&mut units, t, false, false),
+                Piece::Markup(t) => units.extend(as_units(tokens(t, false, true)?)),
+                Piece::Content(t) => units.extend(as_units(tokens(t, false, false)?)),
                 Piece::Image { turn } if self.mtmd.is_some() => {
                     let frame = prompt.frame_of(first_turn + turn).ok_or_else(|| {
                         ModelError::Engine(format!("the prompt has no frame for turn {turn}"))
@@ -708,9 +661,8 @@ impl LlamaSession<'_> {
     /// pixels at Qwen's 28x28 per token, at most the image budget.
     fn positions_needed(&self, units: &[(Unit, Option<&Frame>)]) -> usize {
         let budget = self.engine.config.image_token_budget as usize;
-        let shared = self
-            .cache
-            .shared(&units.iter().map(|(u, _)| *u).collect::<Vec<_>>());
+        let wanted: Vec<Unit> = units.iter().map(|(u, _)| *u).collect();
+        let shared = self.cache.shared(&wanted);
         let image = |frame: Option<&Frame>| {
             self.last_image_tokens.unwrap_or_else(|| {
                 frame.map_or(budget, |f| {
@@ -764,11 +716,158 @@ impl LlamaSession<'_> {
         }
     }
 
+    /// Evaluate `tokens` at the end of the cache in batches, with logits for the last one.
+    fn eval_tokens(&mut self, tokens: &[Token]) -> Result<(), ModelError> {
+        let n_ctx = self.ctx.n_ctx() as usize;
+        let start = self.cache.end();
+        check_room(
+            n_ctx,
+            self.engine.config.max_reply_tokens,
+            start,
+            tokens.len(),
+        )?;
+        decode_tokens(
+            &mut self.ctx,
+            tokens,
+            start,
+            self.engine.config.n_batch as usize,
+            self.abort.as_ref(),
+        )?;
+        for &token in tokens {
+            self.cache.push_token(token.0);
+        }
+        Ok(())
+    }
+
+    /// Run `frame` through mtmd's preprocessing and the vision encoder, once.
+    fn encode_image(&mut self, frame: &Frame) -> Result<KeptImage, ModelError> {
+        let mtmd = self
+            .mtmd
+            .as_mut()
+            .ok_or_else(|| ModelError::Engine("an image, but no projector".into()))?;
+        let (w, h) = frame.image.dimensions();
+        let bitmap = Bitmap::from_rgb(w, h, frame.image.as_raw())
+            .map_err(engine("passing the frame to llama.cpp"))?;
+        let chunks = mtmd
+            .tokenize(
+                MtmdInput {
+                    text: default_media_marker(),
+                    add_special: false,
+                    parse_special: true,
+                },
+                &[&bitmap],
+            )
+            .map_err(engine("tokenizing the image"))?;
+        let mut kept = KeptImage {
+            parts: Vec::new(),
+            tokens: chunks.total_tokens(),
+            image_tokens: 0,
+        };
+        for chunk in chunks.iter() {
+            match chunk.chunk_type() {
+                ChunkType::Text => kept
+                    .parts
+                    .push(KeptPart::Text(chunk.text_tokens().to_vec())),
+                ChunkType::Image => {
+                    kept.image_tokens += chunk.n_tokens();
+                    let embedding = mtmd
+                        .encode_image_chunk(chunk)
+                        .map_err(engine("encoding the image"))?;
+                    kept.parts.push(KeptPart::Image(embedding));
+                }
+                other => {
+                    return Err(ModelError::Engine(format!(
+                        "mtmd gave a {other:?} chunk for a screenshot"
+                    )));
+                }
+            }
+        }
+        Ok(kept)
+    }
+
+    /// Put screenshot `id` at the end of the cache: from its kept encoding, or encoded now and
+    /// kept while it stays in the conversation.
+    fn eval_image(
+        &mut self,
+        id: u64,
+        frame: &Frame,
+        timings: &mut Timings,
+    ) -> Result<(), ModelError> {
+        if !self.kept.contains_key(&id) {
+            let started = Instant::now();
+            take_image_times();
+            let kept = self.encode_image(frame)?;
+            let ImageTimes {
+                encodes, encode_ms, ..
+            } = take_image_times();
+            timings.image_encode_ms += ms(started.elapsed());
+            timings.image_encoder_ms += encode_ms;
+            timings.image_encodes += encodes.max(1);
+            self.kept.insert(id, kept);
+        }
+        let Self {
+            kept,
+            mtmd,
+            ctx,
+            cache,
+            engine: e,
+            abort,
+            ..
+        } = self;
+        let (Some(image), Some(mtmd)) = (kept.get(&id), mtmd.as_mut()) else {
+            return Err(ModelError::Engine("the screenshot was not kept".into()));
+        };
+        let start = cache.end();
+        let needed = image.tokens.max(
+            image
+                .parts
+                .iter()
+                .map(|p| match p {
+                    KeptPart::Text(t) => t.len(),
+                    KeptPart::Image(i) => usize::try_from(i.n_positions()).unwrap_or(0),
+                })
+                .sum(),
+        );
+        check_room(
+            ctx.n_ctx() as usize,
+            e.config.max_reply_tokens,
+            start,
+            needed,
+        )?;
+        let started = Instant::now();
+        let n_batch = (e.config.n_batch as usize).max(1);
+        let mut n_past = start;
+        for part in &image.parts {
+            match part {
+                KeptPart::Text(tokens) => {
+                    decode_tokens(ctx, tokens, n_past, n_batch, abort.as_ref())?;
+                    n_past += i32::try_from(tokens.len()).unwrap_or(i32::MAX);
+                }
+                KeptPart::Image(embedding) => {
+                    n_past = mtmd
+                        .decode_image_embedding(
+                            ctx,
+                            embedding,
+                            n_past,
+                            0,
+                            i32::try_from(n_batch).unwrap_or(i32::MAX),
+                        )
+                        .map_err(engine("decoding the image"))?;
+                }
+            }
+        }
+        timings.image_prefill_ms += ms(started.elapsed());
+        timings.image_tokens += image.image_tokens;
+        timings.prefill_tokens += image.tokens;
+        cache.push_image(id, n_past - start, image.tokens);
+        self.last_image_tokens = Some(image.tokens);
+        Ok(())
+    }
+
     /// Evaluate the prompt, reusing what the cache shares with it, and decode a reply.
     pub fn generate(&mut self, prompt: &Prompt<'_>) -> Result<Generated, ModelError> {
         let started = Instant::now();
         let mut timings = Timings::default();
-        let prefill_started = Instant::now();
         let (units, skipped) = self.fitted(prompt)?;
         timings.left_out_turns = skipped;
         let wanted: Vec<Unit> = units.iter().map(|(u, _)| *u).collect();
@@ -776,16 +875,16 @@ impl LlamaSession<'_> {
         if self.reuse == Reuse::PrefixOnly {
             let first_image = wanted.iter().position(|u| matches!(u, Unit::Image(_)));
             shared = shared.min(first_image.unwrap_or(shared));
+            self.kept.clear();
         }
         let cut = self.cache.truncate(shared);
         self.ctx
-            .clear_kv_cache_seq(Some(0), Some(u32::try_from(cut).unwrap_or(0)), None)
+            .memory_seq_rm(Some(0), cut, None)
             .map_err(engine("truncating the cache"))?;
         timings.reused_tokens = self.cache.tokens_before(shared);
 
-        // The rest: runs of tokens are prefill, images are image encoding.
-        let mut image_time = 0.0;
-        let mut frame_ids = Vec::new();
+        // The rest: runs of tokens are prefill; images come from their kept encodings, or
+        // are encoded now.
         let mut text_tokens = wanted[..shared]
             .iter()
             .filter(|u| matches!(u, Unit::Token(_)))
@@ -793,72 +892,50 @@ impl LlamaSession<'_> {
         let mut i = shared;
         while i < units.len() {
             self.check_abort()?;
-            let run = units[i..]
+            let run: Vec<Token> = units[i..]
                 .iter()
-                .take_while(|(u, _)| matches!(u, Unit::Token(_)))
-                .count();
-            if run > 0 {
-                let tokens: Vec<LlamaToken> = units[i..i + run]
-                    .iter()
-                    .filter_map(|(u, _)| match u {
-                        Unit::Token(t) => Some(LlamaToken::new(*t)),
-                        Unit::Image(_) => None,
-                    })
-                    .collect();
-                self.eval_tokens(&tokens)?;
-                timings.prefill_tokens += tokens.len();
-                text_tokens += tokens.len();
-                i += run;
+                .map_while(|(u, _)| match u {
+                    Unit::Token(t) => Some(Token::new(*t)),
+                    Unit::Image(_) => None,
+                })
+                .collect();
+            if !run.is_empty() {
+                self.eval_tokens(&run)?;
+                timings.prefill_tokens += run.len();
+                text_tokens += run.len();
+                i += run.len();
                 continue;
             }
             let (Unit::Image(id), Some(frame)) = units[i] else {
                 return Err(ModelError::Engine("an image unit without its frame".into()));
             };
-            let n_past = self.cache.end();
-            let image_started = Instant::now();
-            take_image_times();
-            let (next, tokens, image_tokens) = self.eval_image(frame, n_past)?;
-            let ImageTimes {
-                encodes,
-                encode_ms,
-                decode_ms,
-            } = take_image_times();
-            self.cache.push_image(id, next - n_past, tokens);
-            self.last_image_tokens = Some(tokens);
-            timings.image_encoder_ms += encode_ms;
-            // The image's time, less the part mtmd reports for decoding its tokens into the
-            // cache, which is prefill; what remains is preprocessing and encoding.
-            let wall = ms(image_started.elapsed());
-            let image_prefill = decode_ms.min(wall);
-            image_time += wall - image_prefill;
-            timings.image_prefill_ms += image_prefill;
-            timings.image_encodes += encodes.max(1);
-            timings.image_tokens += image_tokens;
-            timings.prefill_tokens += tokens;
+            let before = timings.prefill_tokens;
+            self.eval_image(id, frame, &mut timings)?;
             if !self.previous_frames.contains(&id) {
-                timings.new_tokens += image_tokens;
+                timings.new_tokens += timings.prefill_tokens - before;
             }
             i += 1;
         }
-        for unit in &wanted[..shared] {
-            if let Unit::Image(id) = unit {
-                frame_ids.push(*id);
-            }
-        }
-        frame_ids.extend(wanted[shared..].iter().filter_map(|u| match u {
-            Unit::Image(id) => Some(*id),
-            Unit::Token(_) => None,
-        }));
-        timings.image_encode_ms = image_time;
-        timings.prefill_ms = ms(prefill_started.elapsed()) - image_time;
+        // The cache now holds exactly the prompt, as a fresh tokenization gives it.
+        debug_assert_eq!(self.cache.units(), wanted.as_slice());
+        let frame_ids: Vec<u64> = wanted
+            .iter()
+            .filter_map(|u| match u {
+                Unit::Image(id) => Some(*id),
+                Unit::Token(_) => None,
+            })
+            .collect();
+        // Screenshots that left the conversation need not be kept.
+        self.kept.retain(|id, _| frame_ids.contains(id));
+        timings.prefill_ms = ms(started.elapsed()) - timings.image_encode_ms;
         // The conversation grows at its end, so the text not in the previous prompt is what
         // it grew by.
         timings.new_tokens += text_tokens.saturating_sub(self.previous_text_tokens);
         self.previous_text_tokens = text_tokens;
         self.previous_frames = frame_ids;
-        let n_past = self.cache.end();
 
         let decode_started = Instant::now();
+        let n_past = self.cache.end();
         // A reply cut short leaves its tokens in the cache, where the next prompt, which does
         // not share them, cuts it.
         let text = self.decode(n_past, &mut timings)?;
@@ -874,20 +951,22 @@ impl LlamaSession<'_> {
         self.grammar.reset();
         let vocab = self.engine.model.vocab();
         let mut bytes = Vec::new();
-        let mut batch = LlamaBatch::new(1, 1);
+        let mut batch = Batch::new(1, 1).map_err(engine("building a batch"))?;
         while timings.decode_tokens < self.engine.config.max_reply_tokens {
             self.check_abort()?;
-            let forced = self.forced_tokens();
+            let forced = self.forced_tokens()?;
             if !forced.is_empty() {
                 // Text the grammar leaves no choice about goes in as one batch, unsampled.
-                let mut many = LlamaBatch::new(forced.len(), 1);
+                let mut many = Batch::new(forced.len(), 1).map_err(engine("building a batch"))?;
                 for (i, &token) in forced.iter().enumerate() {
-                    vocab.token_to_piece_into(token, &mut bytes, false, None);
+                    vocab
+                        .token_to_piece_into(token, &mut bytes, false)
+                        .map_err(engine("decoding"))?;
                     many.add(token, n_past, &[0], i + 1 == forced.len())
                         .map_err(engine("building a batch"))?;
                     n_past += 1;
                 }
-                self.ctx.decode(&mut many).map_err(engine("decoding"))?;
+                self.ctx.decode(&many).map_err(engine("decoding"))?;
                 for &token in &forced {
                     self.cache.push_token(token.0);
                 }
@@ -898,14 +977,16 @@ impl LlamaSession<'_> {
             if vocab.is_eog(token) {
                 return Ok(String::from_utf8_lossy(&bytes).into_owned());
             }
-            self.grammar.accept(token);
-            vocab.token_to_piece_into(token, &mut bytes, false, None);
+            self.grammar.accept(token).map_err(engine("decoding"))?;
+            vocab
+                .token_to_piece_into(token, &mut bytes, false)
+                .map_err(engine("decoding"))?;
             timings.decode_tokens += 1;
             batch.clear();
             batch
                 .add(token, n_past, &[0], true)
                 .map_err(engine("building a batch"))?;
-            self.ctx.decode(&mut batch).map_err(engine("decoding"))?;
+            self.ctx.decode(&batch).map_err(engine("decoding"))?;
             self.cache.push_token(token.0);
             n_past += 1;
         }
@@ -923,73 +1004,80 @@ impl LlamaSession<'_> {
     /// come next; while exactly one may (and the reply may not end), it is forced. The text is
     /// then tokenized the model's own way when that spells it exactly, else fed as the
     /// single-character tokens the grammar accepted.
-    fn forced_tokens(&mut self) -> Vec<LlamaToken> {
+    fn forced_tokens(&mut self) -> Result<Vec<Token>, ModelError> {
         let Some(probes) = &self.char_tokens else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
         let vocab = self.engine.model.vocab();
         let mut text = String::new();
         let mut char_tokens = Vec::new();
         while text.len() < MAX_FORCED_CHARS {
-            let mut candidates: Vec<LlamaTokenData> = probes
+            let mut candidates: Vec<TokenData> = probes
                 .iter()
-                .map(|&(t, _)| LlamaTokenData::new(t, 0.0, 0.0))
+                .map(|&(t, _)| TokenData::new(t, 0.0, 0.0))
                 .collect();
-            candidates.extend(
-                self.end_tokens
-                    .iter()
-                    .map(|&t| LlamaTokenData::new(t, 0.0, 0.0)),
-            );
-            let mut array = LlamaTokenDataArray::new(candidates, false);
-            array.apply_sampler(&mut self.grammar);
-            let mut allowed = array.data.iter().filter(|d| d.logit().is_finite());
+            candidates.extend(self.end_tokens.iter().map(|&t| TokenData::new(t, 0.0, 0.0)));
+            let mut array = TokenDataArray::new(candidates, false);
+            self.grammar
+                .apply(&mut array)
+                .map_err(engine("forcing grammar text"))?;
+            let mut allowed = array.data().iter().filter(|d| d.logit().is_finite());
             let (Some(only), None) = (allowed.next(), allowed.next()) else {
                 break;
             };
             let Some(&(token, c)) = probes.iter().find(|(t, _)| *t == only.id()) else {
                 break; // the reply may end here: the model decides
             };
-            self.grammar.accept(token);
+            self.grammar
+                .accept(token)
+                .map_err(engine("forcing grammar text"))?;
             text.push(c);
             char_tokens.push(token);
         }
         if text.is_empty() {
-            return Vec::new();
+            return Ok(Vec::new());
         }
-        let natural = vocab.tokenize(text.as_bytes(), false, false);
-        let spelled: Vec<u8> = natural
-            .iter()
-            .flat_map(|&t| vocab.token_to_piece(t, false, None))
-            .collect();
-        if spelled == text.as_bytes() {
+        let natural = vocab
+            .tokenize(text.as_bytes(), false, false)
+            .map_err(engine("forcing grammar text"))?;
+        let mut spelled = Vec::new();
+        for &t in &natural {
+            vocab
+                .token_to_piece_into(t, &mut spelled, false)
+                .map_err(engine("forcing grammar text"))?;
+        }
+        Ok(if spelled == text.as_bytes() {
             natural
         } else {
             char_tokens
-        }
+        })
     }
 
     /// The next token: the model's greedy choice if the grammar allows it, else the best
     /// token the grammar allows.
-    fn pick(&mut self) -> Result<LlamaToken, ModelError> {
+    fn pick(&mut self) -> Result<Token, ModelError> {
         // -1 is llama.cpp's index of the last output, which is where the logits are after
         // both the prompt and each one-token batch.
         let index = -1;
-        let greedy = greedy(self.ctx.get_logits_ith(index));
-        let mut single =
-            LlamaTokenDataArray::new(vec![LlamaTokenData::new(greedy, 0.0, 0.0)], false);
-        single.apply_sampler(&mut self.grammar);
-        if single.data.first().is_some_and(|d| d.logit().is_finite()) {
+        let greedy = greedy(self.ctx.logits_ith(index).map_err(engine("decoding"))?);
+        let mut single = TokenDataArray::new(vec![TokenData::new(greedy, 0.0, 0.0)], false);
+        self.grammar
+            .apply(&mut single)
+            .map_err(engine("decoding"))?;
+        if single.data().first().is_some_and(|d| d.logit().is_finite()) {
             return Ok(greedy);
         }
-        let mut all = self.ctx.token_data_array_ith(index);
-        all.apply_sampler(&mut self.grammar);
-        // Accepting a token the grammar rejects aborts inside llama.cpp, so an empty choice
-        // must stop here.
-        all.data
+        let mut all = self
+            .ctx
+            .token_data_array_ith(index)
+            .map_err(engine("decoding"))?;
+        self.grammar.apply(&mut all).map_err(engine("decoding"))?;
+        // Accepting a token the grammar rejects is an error, so an empty choice must stop here.
+        all.data()
             .iter()
             .filter(|d| d.logit().is_finite())
             .max_by(|a, b| a.logit().total_cmp(&b.logit()))
-            .map(LlamaTokenData::id)
+            .map(TokenData::id)
             .ok_or_else(|| ModelError::Engine("the action grammar allows no next token".into()))
     }
 }
@@ -998,15 +1086,15 @@ impl LlamaSession<'_> {
 impl LlamaSession<'_> {
     /// Evaluate `n_tokens` prompt tokens in one go from an empty cache; returns the time.
     pub fn bench_prefill(&mut self, n_tokens: usize) -> Result<std::time::Duration, ModelError> {
-        let tokens = self.bench_tokens(n_tokens);
-        self.ctx.clear_kv_cache();
+        let tokens = self.bench_tokens(n_tokens)?;
+        self.ctx.memory_clear();
         self.cache.clear();
         let started = Instant::now();
         let n_batch = (self.engine.config.n_batch as usize).max(1);
         let mut n_past = 0;
         for (i, chunk) in tokens.chunks(n_batch).enumerate() {
             let last_chunk = (i + 1) * n_batch >= tokens.len();
-            let mut batch = LlamaBatch::new(chunk.len(), 1);
+            let mut batch = Batch::new(chunk.len(), 1).map_err(engine("building a batch"))?;
             for (j, &token) in chunk.iter().enumerate() {
                 batch
                     .add(token, n_past, &[0], last_chunk && j + 1 == chunk.len())
@@ -1014,7 +1102,7 @@ impl LlamaSession<'_> {
                 n_past += 1;
             }
             self.ctx
-                .decode(&mut batch)
+                .decode(&batch)
                 .map_err(engine("evaluating the prompt"))?;
         }
         Ok(started.elapsed())
@@ -1023,33 +1111,35 @@ impl LlamaSession<'_> {
     /// Decode `n_tokens` one at a time after a short prompt, greedily and without stopping at
     /// end tokens; returns the time of the decode alone.
     pub fn bench_decode(&mut self, n_tokens: usize) -> Result<std::time::Duration, ModelError> {
-        let prompt = self.bench_tokens(16);
+        let prompt = self.bench_tokens(16)?;
         self.bench_prefill(prompt.len())?;
         let start = i32::try_from(prompt.len()).unwrap_or(16);
         let end = start.saturating_add(i32::try_from(n_tokens).unwrap_or(i32::MAX));
-        let mut batch = LlamaBatch::new(1, 1);
+        let mut batch = Batch::new(1, 1).map_err(engine("building a batch"))?;
         let started = Instant::now();
         for n_past in start..end {
-            let next = greedy(self.ctx.get_logits_ith(-1));
+            let next = greedy(self.ctx.logits_ith(-1).map_err(engine("decoding"))?);
             batch.clear();
             batch
                 .add(next, n_past, &[0], true)
                 .map_err(engine("building a batch"))?;
-            self.ctx.decode(&mut batch).map_err(engine("decoding"))?;
+            self.ctx.decode(&batch).map_err(engine("decoding"))?;
         }
         Ok(started.elapsed())
     }
 
     /// Ordinary text tokens to time the engine with (llama-bench uses random ones; any
     /// tokens cost the same).
-    fn bench_tokens(&self, n: usize) -> Vec<LlamaToken> {
+    fn bench_tokens(&self, n: usize) -> Result<Vec<Token>, ModelError> {
         let text = "Open the settings window, find the network section and turn on the proxy. ";
         let vocab = self.engine.model.vocab();
-        let mut tokens = vocab.tokenize(text.as_bytes(), false, false);
+        let mut tokens = vocab
+            .tokenize(text.as_bytes(), false, false)
+            .map_err(engine("tokenizing"))?;
         if tokens.is_empty() {
-            tokens.push(LlamaToken::new(1));
+            tokens.push(Token::new(1));
         }
-        tokens.iter().copied().cycle().take(n).collect()
+        Ok(tokens.iter().copied().cycle().take(n).collect())
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod compat;
 pub mod conversation;
 pub mod family;
+pub mod ffi;
 pub mod gguf;
 pub mod gguf_write;
 pub mod kv;
