@@ -1090,21 +1090,13 @@ impl LlamaSession<'_> {
         self.ctx.memory_clear();
         self.cache.clear();
         let started = Instant::now();
-        let n_batch = (self.engine.config.n_batch as usize).max(1);
-        let mut n_past = 0;
-        for (i, chunk) in tokens.chunks(n_batch).enumerate() {
-            let last_chunk = (i + 1) * n_batch >= tokens.len();
-            let mut batch = Batch::new(chunk.len(), 1).map_err(engine("building a batch"))?;
-            for (j, &token) in chunk.iter().enumerate() {
-                batch
-                    .add(token, n_past, &[0], last_chunk && j + 1 == chunk.len())
-                    .map_err(engine("building a batch"))?;
-                n_past += 1;
-            }
-            self.ctx
-                .decode(&batch)
-                .map_err(engine("evaluating the prompt"))?;
-        }
+        decode_tokens(
+            &mut self.ctx,
+            &tokens,
+            0,
+            self.engine.config.n_batch as usize,
+            None,
+        )?;
         Ok(started.elapsed())
     }
 
