@@ -278,9 +278,9 @@ fn engine_config(args: &RunArgs) -> Result<(EngineConfig, String), Failure> {
     Ok((config, label))
 }
 
-/// See `--evict-every`: with 3 screenshots always shown, 6 more before they leave keeps the
-/// prompt's re-evaluated tokens within about 40% of the new ones over a long run, 23% over 12
-/// steps (README, "What a step costs").
+/// See `--evict-every`: with 3 screenshots always shown and 6 more before they leave, a long
+/// run re-evaluates, by the README's estimate ("The conversation and the KV cache"), about 0.4
+/// tokens for each new one, for a prompt of at most 9 screenshots.
 pub const DEFAULT_EVICT_EVERY: usize = 6;
 
 /// `--image-tokens`, checked against the model's range.
