@@ -156,7 +156,7 @@ impl VisionArch {
     }
 }
 
-/// Gemma 3's image tokens per side: 256 a image (`mm_tokens_per_image`, the processor's
+/// Gemma 3's image tokens per side: 256 an image (`mm_tokens_per_image`, the processor's
 /// `image_seq_length`), whatever the tower's patch grid.
 const GEMMA3_TOKENS_PER_SIDE: u32 = 16;
 
