@@ -1216,7 +1216,9 @@ impl<'m> Mtmd<'m> {
         }
     }
 
-    /// Evaluates one chunk like [`Mtmd::eval_chunks`] (an image chunk is encoded again).
+    /// Evaluates one chunk like [`Mtmd::eval_chunks`] (an image chunk is encoded again). Only
+    /// the tests' reference path uses it: the engine decodes kept encodings instead.
+    #[cfg(test)]
     pub fn eval_chunk(
         &mut self,
         ctx: &mut Context<'_>,
