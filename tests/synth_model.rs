@@ -220,6 +220,9 @@ fn a_synthetic_qwen25_vl_pair_loads_sees_a_frame_and_replies() {
     config.image_token_budget = 64;
     config.n_ctx = 2048;
     let engine = LlamaEngine::load(config).expect("llama.cpp loads the synthetic pair");
+    // The pair carries the Qwen2 vocabulary's chat template, and the conversation is
+    // rendered with it (the steps below then run through the template path).
+    assert_eq!(engine.layout_source(), "the model's own chat template");
     let mut session = engine.session().expect("context and projector");
     let frame = frame_for(&engine);
     let (w, h) = frame.image.dimensions();
@@ -338,6 +341,49 @@ fn a_synthetic_qwen25_vl_pair_loads_sees_a_frame_and_replies() {
     let images = |units: &[Unit]| units.iter().filter(|u| matches!(u, Unit::Image(_))).count();
     assert_eq!(images(&hostile_units), 2);
     assert_eq!(images(&plain_units), 2);
+    drop(session);
+    drop(engine);
+
+    // A thought is bounded by tokens: random weights ramble, and at the thought budget the
+    // engine ends the thought; the tool call follows and parses.
+    const BUDGET: usize = 8;
+    let mut config = EngineConfig::new(&pair.model, Some(pair.mmproj.clone()), MINI.family);
+    config.image_token_budget = 64;
+    config.n_ctx = 2048;
+    config.max_thought_tokens = BUDGET;
+    let engine = LlamaEngine::load(config).expect("llama.cpp loads the synthetic pair");
+    let mut session = engine.session().expect("context and projector");
+    let frame = frame_for(&engine);
+    let mut cut = 0;
+    for task in [
+        "Click the red button.",
+        "Open the file menu.",
+        "Close the window.",
+    ] {
+        let prompt = Prompt::first(
+            engine.family().system_prompt().to_owned(),
+            task.into(),
+            &frame,
+        );
+        let reply = session.reply(&prompt).expect("a reply from random weights");
+        eprintln!("{task:?} -> {:?}", reply.raw);
+        if reply.timings.thought_cut {
+            cut += 1;
+            let (thought, call) = reply.raw.split_once('\n').expect("the thought ends a line");
+            assert!(call.starts_with("<tool_call>"), "{:?}", reply.raw);
+            let thought_tokens = engine
+                .model()
+                .vocab()
+                .tokenize(thought.as_bytes(), false, false)
+                .unwrap()
+                .len();
+            assert!(
+                thought_tokens <= BUDGET + 2,
+                "{thought_tokens} tokens: {thought:?}"
+            );
+        }
+    }
+    assert!(cut > 0, "no thought reached {BUDGET} tokens");
 }
 
 #[test]

@@ -65,6 +65,11 @@ pub struct RunArgs {
     /// that left, so a larger K pays that rarely, for a longer prompt (0: every step).
     #[arg(long, default_value_t = DEFAULT_EVICT_EVERY, value_name = "K")]
     pub evict_every: usize,
+    /// Lay the conversation out with the family's built-in layout even where the model file
+    /// carries its own chat template (by default the file's template is used when it renders
+    /// the conversation faithfully).
+    #[arg(long)]
+    pub builtin_layout: bool,
     /// The monitor to work on (default: the primary one); see `deskhand monitors`.
     #[arg(long, value_name = "N")]
     pub monitor: Option<usize>,
@@ -275,6 +280,7 @@ fn engine_config(args: &RunArgs) -> Result<(EngineConfig, String), Failure> {
     let (config, name, label) = model_config(args)?;
     let mut config = with_image_tokens(config, args.image_tokens, &name)?;
     config.fit_context(args.images + args.evict_every);
+    config.model_template = !args.builtin_layout;
     Ok((config, label))
 }
 

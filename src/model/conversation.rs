@@ -141,6 +141,18 @@ impl Rendered {
         self
     }
 
+    /// Appends `pieces`, joining text to text of the same kind.
+    pub fn extend(&mut self, pieces: &[Piece]) -> &mut Self {
+        for piece in pieces {
+            match piece {
+                Piece::Markup(t) => self.markup(t),
+                Piece::Content(t) => self.content(t),
+                Piece::Image { turn } => self.image(*turn),
+            };
+        }
+        self
+    }
+
     /// The prompt as one string, with `marker` for each image: for tests, logs and engines
     /// that take text. Never tokenize it with special tokens parsed.
     pub fn text(&self, marker: &str) -> String {
@@ -165,66 +177,159 @@ impl Rendered {
     }
 }
 
-/// ChatML, the template of Qwen2-VL, Qwen2.5-VL, Qwen3-VL and UI-TARS (all Qwen-based), laid
-/// out as Qwen's own chat template lays out the same messages: a system turn, then the user
-/// turns, each its text then its image, and the assistant turns between them, ending with an
-/// open assistant turn. `instruction` opens the first user turn. Image delimiters
-/// (`<|vision_start|>`, `<|vision_end|>`) are not written: mtmd adds them around each image.
+/// Who says a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+impl Role {
+    /// The role's name in chat templates' `messages`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
+/// One message of the conversation, as a chat template's `messages` holds it, with its text
+/// kept in pieces: the project's own words ([`Piece::Markup`]), text from outside
+/// ([`Piece::Content`]) and screenshots ([`Piece::Image`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub role: Role,
+    pub parts: Vec<Piece>,
+}
+
+/// The conversation as messages, the same for every family: a system message; per turn a
+/// user message (the instruction in the first one, then the loop's note, then the
+/// screenshot while it is in the window) and the model's reply. The layout
+/// ([`Layout::render`]) or the model's own template ([`crate::model::template`]) turns them
+/// into a prompt.
+pub(crate) fn messages(
+    system: &str,
+    instruction: &Instruction<'_>,
+    turns: &[TurnView<'_>],
+) -> Vec<Message> {
+    let mut out = vec![Message {
+        role: Role::System,
+        parts: vec![Piece::Markup(system.trim().to_owned())],
+    }];
+    for (i, turn) in turns.iter().enumerate() {
+        let mut user = Rendered::default();
+        if i == 0 {
+            instruction.render(&mut user);
+        }
+        user.content(&note_text(turn.note));
+        if turn.image {
+            user.image(i);
+        }
+        out.push(Message {
+            role: Role::User,
+            parts: user.pieces,
+        });
+        if let Some(reply) = turn.reply {
+            let mut assistant = Rendered::default();
+            assistant.content(reply);
+            out.push(Message {
+                role: Role::Assistant,
+                parts: assistant.pieces,
+            });
+        }
+    }
+    out
+}
+
+/// A family's built-in layout: the text its chat template writes for the same messages, for
+/// model files that carry no template (and as the reference the template path is tested
+/// against).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// ChatML, the template of Qwen2-VL, Qwen2.5-VL, Qwen3-VL and UI-TARS (all Qwen-based).
+    ChatMl,
+    /// Gemma 3's turns.
+    Gemma,
+}
+
+impl Layout {
+    /// The messages as a prompt that ends with an open assistant turn.
+    pub fn render(self, messages: &[Message]) -> Rendered {
+        match self {
+            Layout::ChatMl => chatml(messages),
+            Layout::Gemma => gemma(messages),
+        }
+    }
+}
+
+/// ChatML laid out as Qwen's own chat templates lay out the same messages: each message
+/// between `<|im_start|>role` and `<|im_end|>`, content verbatim, ending with an open assistant
+/// turn. Image delimiters (`<|vision_start|>`, `<|vision_end|>`) are not written: mtmd adds
+/// them around each image.
 ///
 /// The system text and the instruction's prompt text are the project's own (`prompts/`), so
 /// they are markup: UI-TARS's published prompt names `<|box_start|>` and the model was trained
 /// reading it as that token.
-pub(crate) fn chatml(
-    system: &str,
-    instruction: &Instruction<'_>,
-    turns: &[TurnView<'_>],
-) -> Rendered {
+fn chatml(messages: &[Message]) -> Rendered {
     let mut r = Rendered::default();
-    r.markup("<|im_start|>system\n")
-        .markup(system.trim_end())
-        .markup("<|im_end|>\n");
-    for (i, turn) in turns.iter().enumerate() {
-        r.markup("<|im_start|>user\n");
-        if i == 0 {
-            instruction.render(&mut r);
-        }
-        r.content(&note_text(turn.note));
-        if turn.image {
-            r.image(i);
-        }
-        r.markup("<|im_end|>\n<|im_start|>assistant\n");
-        if let Some(reply) = turn.reply {
-            r.content(reply).markup("<|im_end|>\n");
-        }
+    for message in messages {
+        r.markup("<|im_start|>")
+            .markup(message.role.name())
+            .markup("\n");
+        r.extend(&message.parts);
+        r.markup("<|im_end|>\n");
     }
+    r.markup("<|im_start|>assistant\n");
     r
 }
 
-/// Gemma 3's template: `<start_of_turn>user\n…<end_of_turn>\n<start_of_turn>model\n`. Gemma has
-/// no system role; its own chat template puts the system text at the top of the first user
-/// turn, followed by a blank line, and so does this.
-pub(crate) fn gemma(
-    system: &str,
-    instruction: &Instruction<'_>,
-    turns: &[TurnView<'_>],
-) -> Rendered {
+/// Gemma 3's template: `<start_of_turn>user\n…<end_of_turn>\n<start_of_turn>model\n`. Gemma
+/// has no system role; its template puts the system text at the top of the first user turn,
+/// followed by a blank line, and trims each message's text, and so does this.
+fn gemma(messages: &[Message]) -> Rendered {
     let mut r = Rendered::default();
-    for (i, turn) in turns.iter().enumerate() {
-        r.markup("<start_of_turn>user\n");
-        if i == 0 {
-            r.markup(system.trim()).markup("\n\n");
-            instruction.render(&mut r);
+    let (prefix, rest): (&[Piece], &[Message]) = match messages.split_first() {
+        Some((first, rest)) if first.role == Role::System => (&first.parts, rest),
+        _ => (&[], messages),
+    };
+    for (i, message) in rest.iter().enumerate() {
+        let role = match message.role {
+            Role::Assistant => "model",
+            Role::User | Role::System => "user",
+        };
+        r.markup("<start_of_turn>").markup(role).markup("\n");
+        if i == 0 && !prefix.is_empty() {
+            r.extend(prefix).markup("\n\n");
         }
-        r.content(&note_text(turn.note));
-        if turn.image {
-            r.image(i);
-        }
-        r.markup("<end_of_turn>\n<start_of_turn>model\n");
-        if let Some(reply) = turn.reply {
-            r.content(reply.trim()).markup("<end_of_turn>\n");
-        }
+        r.extend(&trimmed(&message.parts));
+        r.markup("<end_of_turn>\n");
     }
+    r.markup("<start_of_turn>model\n");
     r
+}
+
+/// `parts` without the whitespace at the start and end of their text, as a template's `trim`
+/// of the whole message would leave them (an image is not whitespace).
+pub(crate) fn trimmed(parts: &[Piece]) -> Vec<Piece> {
+    let mut parts: Vec<Piece> = parts.to_vec();
+    while let Some(Piece::Markup(t) | Piece::Content(t)) = parts.first_mut() {
+        *t = t.trim_start().to_owned();
+        if !t.is_empty() {
+            break;
+        }
+        parts.remove(0);
+    }
+    while let Some(Piece::Markup(t) | Piece::Content(t)) = parts.last_mut() {
+        *t = t.trim_end().to_owned();
+        if !t.is_empty() {
+            break;
+        }
+        parts.pop();
+    }
+    parts
 }
 
 /// What opens the first user turn: the project's own words (markup) around the user's task
@@ -270,6 +375,14 @@ mod tests {
                 reply: None,
             }))
             .collect()
+    }
+
+    fn chatml(system: &str, instruction: &Instruction<'_>, turns: &[TurnView<'_>]) -> Rendered {
+        Layout::ChatMl.render(&messages(system, instruction, turns))
+    }
+
+    fn gemma(system: &str, instruction: &Instruction<'_>, turns: &[TurnView<'_>]) -> Rendered {
+        Layout::Gemma.render(&messages(system, instruction, turns))
     }
 
     fn task(task: &str) -> Instruction<'_> {

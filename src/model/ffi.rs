@@ -254,6 +254,20 @@ impl Model {
         unsafe { sys::llama_model_n_embd_inp(self.raw.as_ptr()) }
     }
 
+    /// The chat template the file carries (`tokenizer.chat_template`), if any.
+    pub fn chat_template(&self) -> Option<String> {
+        // SAFETY: `self.raw` is a live model; a null name asks for the default template. The
+        // returned string, when not null, is owned by the model and NUL-terminated; it is
+        // copied before the borrow ends.
+        let raw = unsafe { sys::llama_model_chat_template(self.raw.as_ptr(), std::ptr::null()) };
+        if raw.is_null() {
+            return None;
+        }
+        // SAFETY: not null, NUL-terminated, alive as long as the model (see above).
+        let text = unsafe { CStr::from_ptr(raw) };
+        Some(text.to_string_lossy().into_owned()).filter(|t| !t.trim().is_empty())
+    }
+
     /// Tokens in the vocabulary.
     pub fn n_vocab(&self) -> i32 {
         self.vocab().n_tokens()

@@ -13,13 +13,14 @@ use std::time::Instant;
 
 use thiserror::Error;
 
-use super::conversation::{Piece, Rendered};
+use super::conversation::{Piece, Rendered, TurnView};
 use super::family::{Family, FamilyId};
 use super::ffi::{
     self, Batch, Bitmap, ChunkType, Context, ContextParams, ImageEmbedding, Model, ModelParams,
     Mtmd, MtmdInput, MtmdParams, Sampler, Token, TokenData, TokenDataArray, default_media_marker,
 };
 use super::kv::{CacheLine, Unit};
+use super::template::ChatTemplate;
 use super::{Backend, ModelError, Prompt, Reply, Timings, ms};
 use crate::input::AbortSignal;
 use crate::screen::{Frame, FrameTarget};
@@ -52,8 +53,16 @@ pub struct EngineConfig {
     pub image_max_tokens: Option<u32>,
     /// Overrides the family's frame size (projectors with a fixed input size).
     pub frame_target: Option<FrameTarget>,
-    /// Longest reply in tokens; the grammar bounds replies well below it.
+    /// Longest reply in tokens; the thought budget and the grammar's bound on the action
+    /// keep replies below it.
     pub max_reply_tokens: usize,
+    /// Tokens of thought before the action: when a reply's thought reaches it, the family's
+    /// text that ends a thought is fed ("\nAction: " for UI-TARS) and the action follows. The
+    /// models write thoughts of their trained length; this only bounds a rambling one.
+    pub max_thought_tokens: usize,
+    /// Render the conversation with the chat template the model file carries, where it has
+    /// one that renders it faithfully; false always uses the family's built-in layout.
+    pub model_template: bool,
 }
 
 impl EngineConfig {
@@ -72,6 +81,8 @@ impl EngineConfig {
             image_max_tokens: None,
             frame_target: None,
             max_reply_tokens: 512,
+            max_thought_tokens: 256,
+            model_template: true,
         }
     }
 
@@ -298,10 +309,35 @@ fn engine(what: &str) -> impl FnOnce(ModelError) -> ModelError + '_ {
 }
 
 /// Weights loaded once.
+/// The chat template `model` carries, compiled, with its BOS and EOS texts; None (and a
+/// warning naming the file) when it has none or it does not compile.
+fn model_template(model: &Model, path: &Path) -> Option<ChatTemplate> {
+    let source = model.chat_template()?;
+    let vocab = model.vocab();
+    let text = |token: Option<Token>| {
+        token
+            .and_then(|t| vocab.token_to_piece(t, true).ok())
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .unwrap_or_default()
+    };
+    match ChatTemplate::new(&source, &text(vocab.bos()), &text(vocab.eos())) {
+        Ok(template) => Some(template),
+        Err(e) => {
+            tracing::warn!(
+                "{}: {e}; the family's built-in layout is used instead",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
 pub struct LlamaEngine {
     model: Model,
     config: EngineConfig,
     family: &'static dyn Family,
+    /// The model file's own chat template, compiled; None renders the family's layout.
+    template: Option<ChatTemplate>,
     threads: i32,
 }
 
@@ -331,12 +367,35 @@ impl LlamaEngine {
         let threads = config
             .threads
             .unwrap_or_else(|| i32::try_from(physical_cores()).unwrap_or(4));
+        let template = if config.model_template {
+            model_template(&model, &config.model)
+        } else {
+            None
+        };
+        tracing::info!(
+            "prompts are laid out with {}",
+            if template.is_some() {
+                "the model file's own chat template"
+            } else {
+                "the family's built-in layout"
+            }
+        );
         Ok(Self {
             model,
             family: config.family.family(),
+            template,
             config,
             threads,
         })
+    }
+
+    /// Where the prompt's layout comes from, for logs and reports.
+    pub fn layout_source(&self) -> &'static str {
+        if self.template.is_some() {
+            "the model's own chat template"
+        } else {
+            "the family's built-in layout"
+        }
     }
 
     pub fn family(&self) -> &'static dyn Family {
@@ -436,6 +495,7 @@ impl LlamaEngine {
             previous_text_tokens: 0,
             previous_frames: Vec::new(),
             left_out_turns: 0,
+            template_warnings: TemplateWarnings::default(),
             reuse: Reuse::Conversation,
             last_image_tokens: None,
             abort: None,
@@ -563,6 +623,8 @@ pub struct LlamaSession<'e> {
     previous_frames: Vec<u64>,
     /// The oldest turns left out of the prompt because the context was full.
     left_out_turns: usize,
+    /// What the model's chat template has been warned about, so each is said once a session.
+    template_warnings: TemplateWarnings,
     /// What the cache may keep from step to step.
     reuse: Reuse,
     /// The tokens the last image evaluated took.
@@ -570,6 +632,15 @@ pub struct LlamaSession<'e> {
     /// The run's abort switch, looked at between prompt pieces and between tokens (an image
     /// encode, one call into llama.cpp, runs to its end).
     abort: Option<AbortSignal>,
+}
+
+/// The warnings about a model's chat template a session has given.
+#[derive(Default)]
+struct TemplateWarnings {
+    /// It could not render a conversation; the built-in layout took over.
+    refused: bool,
+    /// A step's rendering did not extend the previous one.
+    not_extending: bool,
 }
 
 /// A frame's identity for [`Timings::new_tokens`]: a hash of its size and pixels.
@@ -681,19 +752,95 @@ impl LlamaSession<'_> {
                 .sum::<usize>()
     }
 
+    /// `turns` rendered with the model's chat template where it renders them faithfully,
+    /// else (with a warning, once) with the family's built-in layout.
+    fn render(&mut self, system: &str, task: &str, turns: &[TurnView<'_>]) -> Rendered {
+        let family = self.engine.family;
+        let messages = family.messages(system, task, turns);
+        if let Some(template) = &self.engine.template {
+            match template.render(&messages, default_media_marker()) {
+                Ok(rendered) => {
+                    self.check_extends(template, system, task, turns, &rendered);
+                    return rendered;
+                }
+                Err(e) => {
+                    if !self.template_warnings.refused {
+                        tracing::warn!(
+                            "{}: {e}; this step and any like it use the family's built-in layout",
+                            self.engine.config.model.display()
+                        );
+                        self.template_warnings.refused = true;
+                    }
+                }
+            }
+        }
+        family.layout().render(&messages)
+    }
+
+    /// Warns (once) when the template renders the conversation so that it does not extend
+    /// the previous step's rendering: the cache keeps only what the two share, so each step
+    /// then re-evaluates from the first difference, not only what is new. The previous step
+    /// is rendered again with today's screenshots, so an eviction is not a difference.
+    fn check_extends(
+        &mut self,
+        template: &ChatTemplate,
+        system: &str,
+        task: &str,
+        turns: &[TurnView<'_>],
+        rendered: &Rendered,
+    ) {
+        if self.template_warnings.not_extending || turns.len() < 2 {
+            return;
+        }
+        let mut previous = turns[..turns.len() - 1].to_vec();
+        if let Some(last) = previous.last_mut() {
+            last.reply = None;
+        }
+        let messages = self.engine.family.messages(system, task, &previous);
+        let Ok(before) = template.render(&messages, default_media_marker()) else {
+            return;
+        };
+        let marker = default_media_marker();
+        let (before, now) = (before.text(marker), rendered.text(marker));
+        if !now.starts_with(&before) {
+            let at = before
+                .char_indices()
+                .zip(now.chars())
+                .find(|((_, a), b)| a != b)
+                .map_or(before.len(), |((i, _), _)| i);
+            tracing::warn!(
+                "{}: the model's chat template rewrites earlier turns when a step is added \
+                 (the text differs from character {at} on: {:?} became {:?}); each step \
+                 re-evaluates from there instead of only what is new",
+                self.engine.config.model.display(),
+                before
+                    .get(at..)
+                    .unwrap_or_default()
+                    .chars()
+                    .take(40)
+                    .collect::<String>(),
+                now.get(at..)
+                    .unwrap_or_default()
+                    .chars()
+                    .take(40)
+                    .collect::<String>(),
+            );
+            self.template_warnings.not_extending = true;
+        }
+    }
+
     /// The conversation rendered to fit the context with room for a reply. When it does not
     /// fit, the oldest turns are left out (the task stays, at the top of the first turn kept),
     /// enough of them that the prompt fills at most half the context: it can then grow for
     /// many steps before the next cut, which re-evaluates everything.
     fn fitted<'p>(&mut self, prompt: &Prompt<'p>) -> Result<(PromptUnits<'p>, usize), ModelError> {
-        let family = self.engine.family;
         let turns = prompt.turns();
         let n_ctx = self.ctx.n_ctx() as usize;
         let room = n_ctx.saturating_sub(self.engine.config.max_reply_tokens);
         let mut skip = self.left_out_turns.min(turns.len().saturating_sub(1));
         let mut target = room;
         loop {
-            let rendered = family.render_conversation(&prompt.system, &prompt.task, &turns[skip..]);
+            let rendered = self.render(&prompt.system, &prompt.task, &turns[skip..]);
             let units = self.units(&rendered, prompt, skip)?;
             let needed = self.positions_needed(&units);
             if needed <= target {
@@ -861,6 +1008,11 @@ impl LlamaSession<'_> {
         timings.prefill_tokens += image.tokens;
         cache.push_image(id, n_past - start, image.tokens);
         self.last_image_tokens = Some(image.tokens);
+        if self.reuse == Reuse::PrefixOnly {
+            // The design before the conversation encoded every screenshot of the prompt, even
+            // two with the same pixels.
+            self.kept.remove(&id);
+        }
         Ok(())
     }
 
@@ -911,7 +1063,14 @@ impl LlamaSession<'_> {
             };
             let before = timings.prefill_tokens;
             self.eval_image(id, frame, &mut timings)?;
-            if !self.previous_frames.contains(&id) {
+            // New unless the previous prompt showed these pixels as often: the same screen
+            // again in a new turn is new to the conversation.
+            let shown = |ids: &mut dyn Iterator<Item = u64>| ids.filter(|f| *f == id).count();
+            let now = shown(&mut wanted[..=i].iter().filter_map(|u| match u {
+                Unit::Image(f) => Some(*f),
+                Unit::Token(_) => None,
+            }));
+            if now > shown(&mut self.previous_frames.iter().copied()) {
                 timings.new_tokens += timings.prefill_tokens - before;
             }
             i += 1;
@@ -954,7 +1113,17 @@ impl LlamaSession<'_> {
         let mut batch = Batch::new(1, 1).map_err(engine("building a batch"))?;
         while timings.decode_tokens < self.engine.config.max_reply_tokens {
             self.check_abort()?;
-            let forced = self.forced_tokens()?;
+            let mut forced = self.forced_tokens()?;
+            if forced.is_empty()
+                && !timings.thought_cut
+                && timings.decode_tokens >= self.engine.config.max_thought_tokens
+            {
+                let so_far = String::from_utf8_lossy(&bytes);
+                if let Some(close) = self.engine.family.close_thought(&so_far) {
+                    forced = self.force_text(close)?;
+                    timings.thought_cut = true;
+                }
+            }
             if !forced.is_empty() {
                 // Text the grammar leaves no choice about goes in as one batch, unsampled.
                 let mut many = Batch::new(forced.len(), 1).map_err(engine("building a batch"))?;
@@ -1051,6 +1220,32 @@ impl LlamaSession<'_> {
         } else {
             char_tokens
         })
+    }
+
+    /// `text` as the model's tokens, each accepted by the grammar, as far as the grammar
+    /// allows it (the caller feeds them as forced tokens).
+    fn force_text(&mut self, text: &str) -> Result<Vec<Token>, ModelError> {
+        let tokens = self
+            .engine
+            .model
+            .vocab()
+            .tokenize(text.as_bytes(), false, false)
+            .map_err(engine("ending the thought"))?;
+        let mut accepted = Vec::new();
+        for token in tokens {
+            let mut single = TokenDataArray::new(vec![TokenData::new(token, 0.0, 0.0)], false);
+            self.grammar
+                .apply(&mut single)
+                .map_err(engine("ending the thought"))?;
+            if !single.data().first().is_some_and(|d| d.logit().is_finite()) {
+                break;
+            }
+            self.grammar
+                .accept(token)
+                .map_err(engine("ending the thought"))?;
+            accepted.push(token);
+        }
+        Ok(accepted)
     }
 
     /// The next token: the model's greedy choice if the grammar allows it, else the best

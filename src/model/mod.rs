@@ -12,6 +12,7 @@ pub mod kv;
 pub mod llama;
 pub mod store;
 pub mod synth;
+pub mod template;
 pub mod tiny;
 
 use std::time::Duration;
@@ -58,6 +59,10 @@ pub struct Timings {
     pub left_out_turns: usize,
     /// Tokens the grammar forced and that were fed without sampling.
     pub forced_tokens: usize,
+    /// The thought reached the thought budget (`EngineConfig::max_thought_tokens`) and was
+    /// closed there, so the action follows.
+    #[serde(default)]
+    pub thought_cut: bool,
     pub total_ms: f64,
 }
 

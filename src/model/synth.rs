@@ -1020,7 +1020,7 @@ fn gemma3_tokenizer(vocab: &Gguf, n_vocab: u64) -> Result<Vec<(String, Value)>, 
 /// content, `<end_of_turn>`) with a system message put before the first user message instead
 /// of refused, as Gemma 3 does, and `<start_of_image>` for image parts of a content list.
 /// deskhand itself renders its prompts without it, in its Gemma family.
-const GEMMA3_CHAT_TEMPLATE: &str = r#"{{ bos_token }}
+pub(crate) const GEMMA3_CHAT_TEMPLATE: &str = r#"{{ bos_token }}
 {%- if messages[0]['role'] == 'system' -%}
     {%- if messages[0]['content'] is string -%}
         {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}

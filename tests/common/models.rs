@@ -48,3 +48,26 @@ pub fn qwen2_vocab() -> PathBuf {
     );
     path
 }
+
+/// llama.cpp's chat templates (`models/templates/` of the source deskhand links):
+/// $DESKHAND_TEST_LLAMA_TEMPLATES, else beside the Qwen2 vocabulary, in the same source.
+#[allow(dead_code)] // each test crate includes this file and uses what it needs
+pub fn llama_templates() -> PathBuf {
+    let dir = std::env::var_os("DESKHAND_TEST_LLAMA_TEMPLATES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            qwen2_vocab()
+                .parent()
+                .map(|models| models.join("templates"))
+                .unwrap_or_default()
+        });
+    assert!(
+        dir.join("Qwen3.5-4B.jinja").is_file(),
+        "this test needs llama.cpp's chat templates in {} (CI={}): run \
+         benches/fetch-llama-source.sh, or set DESKHAND_TEST_LLAMA_TEMPLATES to its \
+         models/templates folder (bash .ci/run does it)",
+        dir.display(),
+        std::env::var("CI").unwrap_or_default()
+    );
+    dir
+}

@@ -22,7 +22,7 @@
 use serde_json::Value;
 
 use crate::input::{Action, MouseButton};
-use crate::model::conversation::{self, Instruction, Rendered, TurnView};
+use crate::model::conversation::{self, Instruction, Layout, Message, TurnView};
 use crate::screen::{FrameTarget, ModelPoint, PointFormat};
 
 use super::grammar::{self, Gbnf, one_of};
@@ -58,13 +58,21 @@ impl Family for Gemma3 {
         include_str!("../../../prompts/gemma3.md")
     }
 
-    fn render_conversation(&self, system: &str, task: &str, turns: &[TurnView<'_>]) -> Rendered {
+    fn messages(&self, system: &str, task: &str, turns: &[TurnView<'_>]) -> Vec<Message> {
         let instruction = Instruction {
             before: "Task: ",
             task,
             after: "",
         };
-        conversation::gemma(system, &instruction, turns)
+        conversation::messages(system, &instruction, turns)
+    }
+
+    fn layout(&self) -> Layout {
+        Layout::Gemma
+    }
+
+    fn close_thought(&self, reply: &str) -> Option<&'static str> {
+        (reply.starts_with("Thought: ") && !reply.contains('\n')).then_some("\n")
     }
 
     fn grammar(&self) -> String {

@@ -7,9 +7,13 @@
 
 use std::fmt::Write;
 
-/// Longest thought, in characters. A thought is one line of free text before the action; the
-/// bound keeps a rambling model from spending the step's time budget before it acts.
+/// Longest line of thought, in characters: a thought is free text before the action, one line
+/// in the Qwen and Gemma families. The engine's thought budget (tokens) is what bounds a
+/// rambling model; this only keeps a line a line.
 pub(super) const THOUGHT_MAX_CHARS: usize = 300;
+/// Lines a UI-TARS thought may add after its first: its published prompt asks for "a small
+/// plan" and then the next action in one sentence.
+pub(super) const THOUGHT_MAX_LINES: usize = 12;
 /// Longest text to type in one action.
 pub(super) const TYPE_MAX_CHARS: usize = 500;
 /// Longest summary, failure reason or question to the user.

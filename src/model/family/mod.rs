@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::input::{Action, MouseButton};
-use crate::model::conversation::{Rendered, TurnView};
+use crate::model::conversation::{Layout, Message, Rendered, TurnView};
 use crate::screen::{FrameMap, FrameTarget, MapError, ModelPoint, PointFormat};
 
 pub use gemma::Gemma3;
@@ -131,11 +131,25 @@ pub trait Family: Send + Sync {
     /// The system text, from `prompts/<family>.md`.
     fn system_prompt(&self) -> &'static str;
 
-    /// The conversation in the family's trained layout, as pieces that keep the template's
+    /// The conversation as chat messages: the system message, then per turn the user's
+    /// (the instruction with the task in the first) and the model's reply.
+    fn messages(&self, system: &str, task: &str, turns: &[TurnView<'_>]) -> Vec<Message>;
+
+    /// The family's trained chat layout, for model files without a chat template.
+    fn layout(&self) -> Layout;
+
+    /// The conversation in the family's built-in layout, as pieces that keep the template's
     /// markup apart from the task, the replies and the loop's notes (see
     /// [`crate::model::conversation`]). A later step's rendering extends an earlier one's,
     /// except where screenshots have left the conversation, so the KV cache can keep it.
-    fn render_conversation(&self, system: &str, task: &str, turns: &[TurnView<'_>]) -> Rendered;
+    fn render_conversation(&self, system: &str, task: &str, turns: &[TurnView<'_>]) -> Rendered {
+        self.layout().render(&self.messages(system, task, turns))
+    }
+
+    /// The text that ends a thought and starts the action, when `reply` (the reply so far)
+    /// is inside a thought; None once the action has begun. The engine feeds it when a
+    /// thought reaches the thought budget.
+    fn close_thought(&self, reply: &str) -> Option<&'static str>;
 
     /// A GBNF grammar (llama.cpp syntax, root rule `root`) that accepts exactly the family's
     /// reply syntax: an optional short thought, then exactly one action, then nothing.

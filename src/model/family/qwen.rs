@@ -43,7 +43,7 @@
 use serde_json::{Map, Value};
 
 use crate::input::MouseButton;
-use crate::model::conversation::{self, Instruction, Rendered, TurnView};
+use crate::model::conversation::{self, Instruction, Layout, Message, TurnView};
 use crate::screen::{FrameTarget, ModelPoint, PointFormat};
 
 use super::grammar::{self, Gbnf, one_of};
@@ -108,13 +108,23 @@ impl Family for QwenVl {
         self.prompt
     }
 
-    fn render_conversation(&self, system: &str, task: &str, turns: &[TurnView<'_>]) -> Rendered {
+    fn messages(&self, system: &str, task: &str, turns: &[TurnView<'_>]) -> Vec<Message> {
         let instruction = Instruction {
             before: "Task: ",
             task,
             after: "\n",
         };
-        conversation::chatml(system, &instruction, turns)
+        conversation::messages(system, &instruction, turns)
+    }
+
+    fn layout(&self) -> Layout {
+        Layout::ChatMl
+    }
+
+    fn close_thought(&self, reply: &str) -> Option<&'static str> {
+        // The free text before the tool call is one line.
+        (!reply.is_empty() && !reply.starts_with("<tool_call>") && !reply.contains('\n'))
+            .then_some("\n")
     }
 
     fn grammar(&self) -> String {

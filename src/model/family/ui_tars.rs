@@ -32,7 +32,7 @@
 //!   press, any wait as `wait()`, a failure as `call_user()` with the reason as the thought.
 
 use crate::input::MouseButton;
-use crate::model::conversation::{self, Instruction, Rendered, TurnView};
+use crate::model::conversation::{self, Instruction, Layout, Message, TurnView};
 use crate::screen::{FrameTarget, ModelPoint, PointFormat};
 
 use super::grammar::{self, Gbnf, lit, one_of};
@@ -79,7 +79,7 @@ impl Family for UiTars {
         include_str!("../../../prompts/ui-tars.md")
     }
 
-    fn render_conversation(&self, system: &str, task: &str, turns: &[TurnView<'_>]) -> Rendered {
+    fn messages(&self, system: &str, task: &str, turns: &[TurnView<'_>]) -> Vec<Message> {
         // The prompt file ends with "## User Instruction"; the task follows it, as in the
         // published COMPUTER_USE template, with Qwen's default system turn before it.
         let before = format!("{}\n", system.trim_end());
@@ -88,7 +88,15 @@ impl Family for UiTars {
             task,
             after: "\n",
         };
-        conversation::chatml(CHATML_SYSTEM, &instruction, turns)
+        conversation::messages(CHATML_SYSTEM, &instruction, turns)
+    }
+
+    fn layout(&self) -> Layout {
+        Layout::ChatMl
+    }
+
+    fn close_thought(&self, reply: &str) -> Option<&'static str> {
+        (reply.starts_with("Thought: ") && !reply.contains("\nAction: ")).then_some("\nAction: ")
     }
 
     fn grammar(&self) -> String {
@@ -96,9 +104,12 @@ impl Family for UiTars {
         g.rule("root", r#"thought? "Action: " action"#)
             .rule(
                 "thought",
+                // A small plan over a few lines, as the model was trained to write; the engine's
+                // thought budget (tokens) ends a longer one.
                 &format!(
-                    r#""Thought: " thought-char{{1,{}}} "\n""#,
-                    grammar::THOUGHT_MAX_CHARS
+                    r#""Thought: " thought-char{{1,{n}}} ( "\n" thought-char{{0,{n}}} ){{0,{l}}} "\n""#,
+                    n = grammar::THOUGHT_MAX_CHARS,
+                    l = grammar::THOUGHT_MAX_LINES
                 ),
             )
             .rule(
