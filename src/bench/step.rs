@@ -13,12 +13,16 @@ use serde::Serialize;
 
 use crate::agent::{self, Guards, ImageWindow, RunOptions, Stages, Unattended};
 use crate::cli::Failure;
+use crate::input::Selection;
 use crate::input::{AbortSignal, EnigoDevice, Executor};
 use crate::model::family::FamilyId;
 use crate::model::llama::{EngineConfig, LlamaEngine, LlamaSession, Reuse};
 use crate::model::tiny::{TINY_IMAGE_SIZE, write_tiny_vlm};
 use crate::policy::{Checker, Layer, PolicyEngine};
-use crate::screen::{FrameTarget, Screen, SettleOptions, VirtualDisplay, X11Screen};
+use crate::screen::{
+    ActiveWindow, Frame, FrameTarget, MonitorInfo, Screen, ScreenError, ScreenPoint, SettleOptions,
+    VirtualDisplay, X11Screen,
+};
 use crate::trace::{Outcome, Recorder, TraceLine, TraceWriter, read_trace};
 
 #[derive(Debug, Args)]
@@ -213,6 +217,11 @@ pub fn step(args: &StepBenchArgs) -> Result<(), Failure> {
         abort.clone(),
         true,
     );
+    let mut screen = ChangingScreen {
+        inner: &mut screen,
+        display: display.name().to_owned(),
+        paints: std::cell::Cell::new(0),
+    };
     let policy_engine = PolicyEngine::from_sources(vec![(
         Layer::User,
         PathBuf::from("bench-policy.toml"),
@@ -461,6 +470,14 @@ struct ConversationFigures {
     speedup_vs_full_recompute: Option<f64>,
     /// The share of the median step spent decoding the reply.
     decode_share: f64,
+    /// Evaluating the prompt (image encoding and prefill), the part of a step the cache
+    /// changes: a model with random weights writes replies of other lengths when its prompt
+    /// differs, so the two runs' step times also differ by their decoding.
+    median_prompt_ms: f64,
+    median_prompt_ms_full_recompute: Option<f64>,
+    prompt_speedup_vs_full_recompute: Option<f64>,
+    median_decode_tokens: f64,
+    median_decode_tokens_full_recompute: Option<f64>,
 }
 
 impl ConversationFigures {
@@ -472,8 +489,15 @@ impl ConversationFigures {
             v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
         };
         let median_step_ms = median(steps.iter().map(|s| s.step_ms).collect());
-        let median_step_ms_full_recompute =
-            baseline.map(|b| median(b.iter().map(|s| s.timings.total_ms).collect()));
+        let baseline: Option<Vec<StepFigures>> =
+            baseline.map(|b| b.iter().map(StepFigures::of).collect());
+        let of_baseline = |f: &dyn Fn(&StepFigures) -> f64| {
+            baseline.as_ref().map(|b| median(b.iter().map(f).collect()))
+        };
+        let median_step_ms_full_recompute = of_baseline(&|s| s.step_ms);
+        let prompt_ms = |s: &StepFigures| s.image_encode_ms + s.prefill_ms;
+        let median_prompt_ms = median(steps.iter().map(prompt_ms).collect());
+        let median_prompt_ms_full_recompute = of_baseline(&prompt_ms);
         ConversationFigures {
             amortized_prefill_ratio: prefill as f64 / new.max(1) as f64,
             image_encodes_max: steps.iter().map(|s| s.image_encodes).max().unwrap_or(0),
@@ -486,6 +510,12 @@ impl ConversationFigures {
                     .map(|s| s.decode_ms / s.step_ms.max(f64::MIN_POSITIVE))
                     .collect(),
             ),
+            median_prompt_ms,
+            median_prompt_ms_full_recompute,
+            prompt_speedup_vs_full_recompute: median_prompt_ms_full_recompute
+                .map(|b| b / median_prompt_ms),
+            median_decode_tokens: median(steps.iter().map(|s| s.decode_tokens as f64).collect()),
+            median_decode_tokens_full_recompute: of_baseline(&|s| s.decode_tokens as f64),
         }
     }
 
@@ -505,6 +535,72 @@ impl ConversationFigures {
                 self.median_step_ms
             );
         }
+        if let (Some(full), Some(speedup), Some(tokens)) = (
+            self.median_prompt_ms_full_recompute,
+            self.prompt_speedup_vs_full_recompute,
+            self.median_decode_tokens_full_recompute,
+        ) {
+            println!(
+                "median prompt evaluation {:.0} ms against {full:.0} ms: {speedup:.2}x faster (replies: median {:.0} tokens against {tokens:.0})",
+                self.median_prompt_ms, self.median_decode_tokens
+            );
+        }
+    }
+}
+
+/// The bench's desktop changes at every step, as a desktop with work going on does: each time
+/// the loop reads the active window (once a step, after the screenshot, and again before an
+/// action runs), the root window takes the next colour of a cycle. On an empty display that
+/// never changes, every screenshot would be the same pixels, which the engine encodes once for
+/// the whole run, and the steps would measure no image encoding at all.
+struct ChangingScreen<'s> {
+    inner: &'s mut dyn Screen,
+    display: String,
+    paints: std::cell::Cell<u32>,
+}
+
+impl ChangingScreen<'_> {
+    fn repaint(&self) {
+        let n = self.paints.get().wrapping_add(1);
+        self.paints.set(n);
+        let colour = format!("#{:06x}", n.wrapping_mul(0x9E37_79B1) & 0xFF_FFFF);
+        let painted = std::process::Command::new("xsetroot")
+            .args(["-display", &self.display, "-solid", &colour])
+            .status();
+        if !matches!(&painted, Ok(status) if status.success()) {
+            tracing::warn!(
+                "xsetroot (Debian's x11-xserver-utils) could not repaint the bench's display \
+                 ({painted:?}): its screenshots stay the same from step to step"
+            );
+        }
+    }
+}
+
+impl Screen for ChangingScreen<'_> {
+    fn monitors(&self) -> Result<Vec<MonitorInfo>, ScreenError> {
+        self.inner.monitors()
+    }
+
+    fn capture(
+        &mut self,
+        monitor: &MonitorInfo,
+        target: FrameTarget,
+    ) -> Result<Frame, ScreenError> {
+        self.inner.capture(monitor, target)
+    }
+
+    fn active_window(&self) -> Result<Option<ActiveWindow>, ScreenError> {
+        let active = self.inner.active_window();
+        self.repaint();
+        active
+    }
+
+    fn window_at(&self, point: ScreenPoint) -> Result<Option<ActiveWindow>, ScreenError> {
+        self.inner.window_at(point)
+    }
+
+    fn selection_text(&self, selection: Selection) -> Result<Option<String>, ScreenError> {
+        self.inner.selection_text(selection)
     }
 }
 
