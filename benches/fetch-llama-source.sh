@@ -5,7 +5,8 @@
 # ${XDG_CACHE_HOME:-~/.cache}/deskhand/llama-tools/11434.0.0/src, once, and print that folder.
 #
 # benches/build-llama-tools.sh builds llama.cpp's own tools from it; `deskhand bench synth`
-# and the tests read its Qwen2 vocabulary (models/ggml-vocab-qwen2.gguf).
+# and the tests read its Qwen2 vocabulary (models/ggml-vocab-qwen2.gguf) and its chat templates
+# (models/templates/).
 set -euo pipefail
 
 version=11434.0.0
