@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::Summary;
 use crate::cli::Failure;
-use crate::model::conversation::Piece;
+use crate::model::kv::Unit;
 use crate::model::llama::{EngineConfig, LlamaEngine, LlamaSession};
 use crate::model::{FamilyId, ModelError, PastTurn, Prompt};
 use crate::screen::{Frame, FrameMap, FrameTarget, MonitorInfo};
@@ -107,16 +107,7 @@ fn speeds(session: &mut LlamaSession<'_>, args: &ModelBenchArgs) -> Result<Speed
 /// A synthetic 1920x1080 desktop frame of the size the engine wants: a light window with a
 /// dark title bar and a few buttons, so the image encoder has real edges to work on.
 fn synthetic_frame(target: FrameTarget) -> Result<Frame, Failure> {
-    let monitor = MonitorInfo {
-        index: 0,
-        name: "bench".into(),
-        x: 0,
-        y: 0,
-        width: 1920,
-        height: 1080,
-        scale_factor: 1.0,
-        primary: true,
-    };
+    let monitor = MonitorInfo::single("bench", 1920, 1080);
     let (w, h) = target.frame_size(monitor.width, monitor.height)?;
     let image = RgbImage::from_fn(w, h, |x, y| {
         let (u, v) = (f64::from(x) / f64::from(w), f64::from(y) / f64::from(h));
@@ -349,7 +340,7 @@ fn image(
         }
         runs.push(ImageFigures {
             image_tokens: t.image_tokens,
-            tokens_before: tokens_before_image(engine, &prompt)?,
+            tokens_before: tokens_before_image(session, &prompt)?,
             // The encoder by llama.cpp's own timer, as llama-mtmd-cli reports it: the
             // preprocessing around it (resizing the frame) is not in the reference's figure.
             encode_ms: t.image_encoder_ms,
@@ -371,23 +362,19 @@ fn image(
     })
 }
 
-/// The prompt's tokens before its (only) image: the template's pieces up to the image, the
-/// BOS token where the model has one, and the vision-start token mtmd puts in front of it.
-fn tokens_before_image(engine: &LlamaEngine, prompt: &Prompt<'_>) -> Result<usize, ModelError> {
-    let rendered =
-        engine
-            .family()
-            .render_conversation(&prompt.system, &prompt.task, &prompt.turns());
-    let vocab = engine.model().vocab();
-    let mut before = vocab.tokenize(b"", true, true)?.len() + 1;
-    for piece in &rendered.pieces {
-        before += match piece {
-            Piece::Markup(t) => vocab.tokenize(t.as_bytes(), false, true)?.len(),
-            Piece::Content(t) => vocab.tokenize(t.as_bytes(), false, false)?.len(),
-            Piece::Image { .. } => break,
-        };
-    }
-    Ok(before)
+/// The prompt's tokens before its (only) image, as the engine lays the prompt out (with the
+/// model's template or the built-in layout, BOS included), and the vision-start token mtmd
+/// puts in front of the image.
+fn tokens_before_image(
+    session: &mut LlamaSession<'_>,
+    prompt: &Prompt<'_>,
+) -> Result<usize, ModelError> {
+    let units = session.prompt_units(prompt)?;
+    Ok(units
+        .iter()
+        .take_while(|u| matches!(u, Unit::Token(_)))
+        .count()
+        + 1)
 }
 
 /// llama-mtmd-cli's figures for the same files, image and threads, and its peak RSS.
