@@ -10,16 +10,7 @@ use deskhand::screen::{Frame, FrameMap, MonitorInfo};
 use image::RgbImage;
 
 fn frame() -> Frame {
-    let monitor = MonitorInfo {
-        index: 0,
-        name: "test".into(),
-        x: 0,
-        y: 0,
-        width: 1920,
-        height: 1080,
-        scale_factor: 1.0,
-        primary: true,
-    };
+    let monitor = MonitorInfo::single("test", 1920, 1080);
     Frame {
         image: RgbImage::new(896, 896),
         map: FrameMap::new(&monitor, 896, 896),

@@ -145,16 +145,7 @@ fn make_checked(shape: &Shape, vocab: &Path, cache: &Path) -> SynthPair {
 }
 
 fn monitor() -> MonitorInfo {
-    MonitorInfo {
-        index: 0,
-        name: "test".into(),
-        x: 0,
-        y: 0,
-        width: 1920,
-        height: 1080,
-        scale_factor: 1.0,
-        primary: true,
-    }
+    MonitorInfo::single("test", 1920, 1080)
 }
 
 /// The frame the engine wants for a 1920x1080 screen: a gradient of that size.

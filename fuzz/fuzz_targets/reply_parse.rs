@@ -12,16 +12,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let monitor = MonitorInfo {
-        index: 0,
-        name: "fuzz".into(),
-        x: 0,
-        y: 0,
-        width: 1920,
-        height: 1080,
-        scale_factor: 1.0,
-        primary: true,
-    };
+    let monitor = MonitorInfo::single("fuzz", 1920, 1080);
     let map = FrameMap::new(&monitor, 1288, 728);
     for id in FamilyId::ALL {
         let Ok(reply) = id.family().parse(text) else {

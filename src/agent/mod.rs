@@ -1049,16 +1049,7 @@ mod tests {
     use crate::trace::{RunEnd, RunStart, TraceError};
 
     fn monitor() -> MonitorInfo {
-        MonitorInfo {
-            index: 0,
-            name: "m".into(),
-            x: 0,
-            y: 0,
-            width: 200,
-            height: 200,
-            scale_factor: 1.0,
-            primary: true,
-        }
+        MonitorInfo::single("m", 200, 200)
     }
 
     /// A screen that never changes except for a blinking two-pixel caret.

@@ -475,16 +475,7 @@ mod tests {
 
     #[test]
     fn a_failsafe_that_cannot_read_the_pointer_stops_the_run() {
-        let monitors = vec![crate::screen::MonitorInfo {
-            index: 0,
-            name: "m".into(),
-            x: 0,
-            y: 0,
-            width: 800,
-            height: 600,
-            scale_factor: 1.0,
-            primary: true,
-        }];
+        let monitors = vec![crate::screen::MonitorInfo::single("m", 800, 600)];
         let abort = AbortSignal::new();
         let released = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = released.clone();

@@ -313,7 +313,7 @@ fn gemma(messages: &[Message]) -> Rendered {
 
 /// `parts` without the whitespace at the start and end of their text, as a template's `trim`
 /// of the whole message would leave them (an image is not whitespace).
-pub(crate) fn trimmed(parts: &[Piece]) -> Vec<Piece> {
+fn trimmed(parts: &[Piece]) -> Vec<Piece> {
     let mut parts: Vec<Piece> = parts.to_vec();
     while let Some(Piece::Markup(t) | Piece::Content(t)) = parts.first_mut() {
         *t = t.trim_start().to_owned();

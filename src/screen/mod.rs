@@ -37,6 +37,21 @@ pub struct MonitorInfo {
 }
 
 impl MonitorInfo {
+    /// A single screen: the primary monitor, index 0, at the origin, unscaled (a private
+    /// display, a benchmark's or a test's).
+    pub fn single(name: &str, width: u32, height: u32) -> MonitorInfo {
+        MonitorInfo {
+            index: 0,
+            name: name.to_owned(),
+            x: 0,
+            y: 0,
+            width,
+            height,
+            scale_factor: 1.0,
+            primary: true,
+        }
+    }
+
     pub fn contains(&self, p: ScreenPoint) -> bool {
         let dx = i64::from(p.x) - i64::from(self.x);
         let dy = i64::from(p.y) - i64::from(self.y);

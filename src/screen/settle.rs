@@ -163,16 +163,7 @@ mod tests {
     }
 
     fn monitor() -> MonitorInfo {
-        MonitorInfo {
-            index: 0,
-            name: "m".into(),
-            x: 0,
-            y: 0,
-            width: 8,
-            height: 8,
-            scale_factor: 1.0,
-            primary: true,
-        }
+        MonitorInfo::single("m", 8, 8)
     }
 
     fn fast(stable_frames: u32, timeout_ms: u64) -> SettleOptions {
