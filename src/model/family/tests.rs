@@ -52,16 +52,7 @@ fn grammar(id: FamilyId) -> Grammar {
 }
 
 fn monitor(width: u32, height: u32) -> MonitorInfo {
-    MonitorInfo {
-        index: 0,
-        name: "test".into(),
-        x: 0,
-        y: 0,
-        width,
-        height,
-        scale_factor: 1.0,
-        primary: true,
-    }
+    MonitorInfo::single("test", width, height)
 }
 
 #[test]
