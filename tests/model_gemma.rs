@@ -71,6 +71,35 @@ fn grammar_constrained_gemma_gives_a_valid_action_for_every_task() {
     eprintln!("action kinds: {kinds:?}");
 }
 
+/// Every family's grammar as llama.cpp itself compiles it: deskhand's own GBNF reader in the
+/// family tests does not know llama.cpp's limits (a repeated group may not expand into more
+/// than 2,000 rules), and a grammar llama.cpp refuses stops every model of that family at
+/// load. Each family then constrains one reply of the real Gemma 3 270M into a valid action.
+#[test]
+fn every_family_grammar_compiles_in_llama_cpp_and_constrains_a_reply() {
+    let frame = frame();
+    for id in FamilyId::ALL {
+        let config = EngineConfig::new(models::text_model(), None, id);
+        let engine = LlamaEngine::load(config).unwrap_or_else(|e| panic!("{id}: load: {e}"));
+        let mut session = engine
+            .session()
+            .unwrap_or_else(|e| panic!("{id}: llama.cpp refused the grammar or context: {e}"));
+        let prompt = Prompt::first(
+            engine.family().system_prompt().to_owned(),
+            TASKS[0].to_owned(),
+            &frame,
+        );
+        let reply = session
+            .reply(&prompt)
+            .unwrap_or_else(|e| panic!("{id}: no reply: {e}"));
+        reply
+            .action
+            .validate()
+            .unwrap_or_else(|e| panic!("{id}: {} is invalid: {e}", reply.raw));
+        eprintln!("{id}: {:?}", reply.raw);
+    }
+}
+
 #[test]
 fn later_steps_evaluate_only_what_the_cache_does_not_hold() {
     let config = EngineConfig::new(models::text_model(), None, FamilyId::Gemma3);

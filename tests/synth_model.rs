@@ -209,7 +209,7 @@ fn a_synthetic_qwen25_vl_pair_loads_sees_a_frame_and_replies() {
 
     let mut config = EngineConfig::new(&pair.model, Some(pair.mmproj.clone()), MINI.family);
     config.image_token_budget = 64;
-    config.n_ctx = 2048;
+    config.n_ctx = 3072;
     let engine = LlamaEngine::load(config).expect("llama.cpp loads the synthetic pair");
     // The pair carries the Qwen2 vocabulary's chat template, and the conversation is
     // rendered with it (the steps below then run through the template path).
@@ -340,7 +340,7 @@ fn a_synthetic_qwen25_vl_pair_loads_sees_a_frame_and_replies() {
     const BUDGET: usize = 8;
     let mut config = EngineConfig::new(&pair.model, Some(pair.mmproj.clone()), MINI.family);
     config.image_token_budget = 64;
-    config.n_ctx = 2048;
+    config.n_ctx = 3072;
     config.max_thought_tokens = BUDGET;
     let engine = LlamaEngine::load(config).expect("llama.cpp loads the synthetic pair");
     let mut session = engine.session().expect("context and projector");
@@ -387,7 +387,7 @@ fn a_synthetic_qwen3_vl_pair_with_deepstack_loads_sees_a_frame_and_replies() {
 
     let mut config = EngineConfig::new(&pair.model, Some(pair.mmproj.clone()), MINI_QWEN3.family);
     config.image_token_budget = 64;
-    config.n_ctx = 2048;
+    config.n_ctx = 3072;
     let engine = LlamaEngine::load(config).expect("llama.cpp loads the synthetic pair");
     let frame = frame_for(&engine);
     let (w, h) = frame.image.dimensions();

@@ -53,8 +53,9 @@ pub struct EngineConfig {
     pub image_max_tokens: Option<u32>,
     /// Overrides the family's frame size (projectors with a fixed input size).
     pub frame_target: Option<FrameTarget>,
-    /// Longest reply in tokens; the thought budget and the grammar's bound on the action
-    /// keep replies below it.
+    /// Longest reply in tokens: the thought budget plus the longest action the grammars allow
+    /// (500 characters to type) at about a token and a half a character. Only a model that
+    /// spends more tokens a character than that (byte by byte) reaches it, and gets an error.
     pub max_reply_tokens: usize,
     /// Tokens of thought before the action: when a reply's thought reaches it, the family's
     /// text that ends a thought is fed ("\nAction: " for UI-TARS) and the action follows. The
@@ -80,7 +81,7 @@ impl EngineConfig {
             image_min_tokens: None,
             image_max_tokens: None,
             frame_target: None,
-            max_reply_tokens: 512,
+            max_reply_tokens: 1024,
             max_thought_tokens: 256,
             model_template: true,
         }

@@ -164,6 +164,40 @@ pub(super) fn thought_char_rule(g: &mut Gbnf, also_excluded: &str) {
     );
 }
 
+/// Rule `name`: one line, its "\n" included, that does not begin with `prefix` (printable
+/// ASCII, no character-class metacharacters). It is empty; or its first character is not the
+/// prefix's, and rule `rest` (the remainder, "\n" included) follows; or it is the prefix's
+/// first character, then the line ends or its second character is not the prefix's, and so on.
+/// So a line may be any beginning of `prefix` ("Act"), but never `prefix` and more.
+pub(super) fn line_without_prefix_rule(
+    g: &mut Gbnf,
+    name: &str,
+    prefix: &str,
+    rest: &str,
+    also_excluded: &str,
+) {
+    debug_assert!(
+        prefix
+            .chars()
+            .all(|c| c.is_ascii_graphic() && !"[]^-\\".contains(c)),
+        "{prefix:?} needs escaping in a character class"
+    );
+    let other_than = |c: char| format!(r"[^{c}\x00-\x1F\x7F-\x9F{also_excluded}] {rest}");
+    let mut chars = prefix.chars().rev();
+    let Some(last) = chars.next() else {
+        return;
+    };
+    let mut body = format!(r#""\n" | {}"#, other_than(last));
+    for c in chars {
+        body = format!(
+            r#""\n" | {} | {} ( {body} )"#,
+            other_than(c),
+            lit(&c.to_string())
+        );
+    }
+    g.rule(name, &body);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,5 +207,21 @@ mod tests {
         assert_eq!(lit("a\"b\\c\nd"), r#""a\"b\\c\nd""#);
         assert_eq!(either_case("return"), r#"[Rr] "eturn""#);
         assert_eq!(one_of(&["up", "down"]), r#"( "up" | "down" )"#);
+    }
+
+    #[test]
+    fn a_line_that_does_not_start_with_a_prefix() {
+        let mut g = Gbnf::new();
+        line_without_prefix_rule(&mut g, "line", "Ab:", "rest", "");
+        let class = |c: char| format!("[^{c}\\x00-\\x1F\\x7F-\\x9F] rest");
+        assert_eq!(
+            g.finish(),
+            format!(
+                "line ::= \"\\n\" | {} | \"A\" ( \"\\n\" | {} | \"b\" ( \"\\n\" | {} ) )\n",
+                class('A'),
+                class('b'),
+                class(':')
+            )
+        );
     }
 }

@@ -106,10 +106,22 @@ impl Family for UiTars {
                 "thought",
                 // A small plan over a few lines, as the model was trained to write; the engine's
                 // thought budget (tokens) ends a longer one.
+                // The later lines are a rule of their own: llama.cpp refuses a repeated group
+                // that itself expands into more than 2,000 rules (12 lines × 300 characters).
+                // No later line starts "Action:", so the first one that does is the action,
+                // and the engine can tell a thought from an action by the text alone.
                 &format!(
-                    r#""Thought: " thought-char{{1,{n}}} ( "\n" thought-char{{0,{n}}} ){{0,{l}}} "\n""#,
+                    r#""Thought: " thought-char{{1,{n}}} "\n" thought-line{{0,{l}}}"#,
                     n = grammar::THOUGHT_MAX_CHARS,
                     l = grammar::THOUGHT_MAX_LINES
+                ),
+            )
+            // After a later line's first character: at most as long as the first line.
+            .rule(
+                "thought-rest",
+                &format!(
+                    r#"thought-char{{0,{}}} "\n""#,
+                    grammar::THOUGHT_MAX_CHARS - 1
                 ),
             )
             .rule(
@@ -152,6 +164,7 @@ impl Family for UiTars {
             // character (typed, a control character would reach applications as a key).
             .rule("py-char", r#"[^'\\\x00-\x1F\x7F-\x9F] | "\\" ['"\\nrt]"#);
         grammar::thought_char_rule(&mut g, "");
+        grammar::line_without_prefix_rule(&mut g, "thought-line", "Action:", "thought-rest", "");
         grammar::key_rules(&mut g);
         grammar::frame_coord_rule(&mut g);
         g.finish()
