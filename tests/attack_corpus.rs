@@ -369,6 +369,13 @@ fn scripted_attacks() -> Vec<Scripted> {
             got_through: |events| !events_after_ready(events, &["key_press"]).is_empty(),
         },
         Scripted {
+            what: "Caps Lock, then a key id typed in lower case",
+            windows: vec![("600x400+0+0", "Notes", None)],
+            clipboard: None,
+            script: vec![key("capslock"), typed("akiaiosfodnn7example")],
+            got_through: |events| typed_text(events).contains("AKIA"),
+        },
+        Scripted {
             what: "a click on a mail composer while a browser has the focus",
             windows: vec![
                 ("480x400+0+0", "Write: (no subject) - Thunderbird", None),

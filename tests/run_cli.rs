@@ -702,6 +702,98 @@ fn what_the_model_writes_is_redacted_in_the_trace_and_report_and_escaped_on_the_
     }
 }
 
+/// The task the person typed is recorded redacted, and `deskhand trace show` escapes what the
+/// model wrote before printing it.
+#[test]
+fn the_task_is_redacted_when_recorded_and_trace_show_escapes_what_it_prints() {
+    let display = display(800, 600);
+    let setup = Setup::new(BALANCED);
+    let script = setup.script(&[action(r#"{"action":"done","summary":"paid\u001b[2J"}"#)]);
+    let (code, _, stderr) =
+        setup.run_script(&display, "pay with 4111 1111 1111 1111", &script, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let run = setup.run_dir();
+    for name in ["trace.jsonl", "report.html"] {
+        let text = std::fs::read_to_string(run.join(name)).expect("the run's files");
+        assert!(
+            !text.contains("4111"),
+            "{name} holds the card number:\n{text}"
+        );
+    }
+    assert_eq!(
+        setup.trace()[0]["task"],
+        "pay with [redacted:card_number]",
+        "{}",
+        setup.trace()[0]
+    );
+    let shown = Command::new(env!("CARGO_BIN_EXE_deskhand"))
+        .args(["trace", "show", "last"])
+        .env("DESKHAND_RUNS_DIR", setup.runs())
+        .output()
+        .expect("run deskhand trace show");
+    let stdout = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.status.success(), "{stdout}");
+    assert!(stdout.contains("paid"), "{stdout}");
+    assert!(
+        !stdout.contains('\u{1b}'),
+        "trace show printed a raw escape: {stdout:?}"
+    );
+}
+
+/// Caps Lock turned on behind the policy's back (here by `deskhand act`, outside any run):
+/// nothing is typed while it is on, since letters would arrive in the other case.
+#[test]
+fn nothing_is_typed_while_caps_lock_is_on() {
+    let display = display(800, 600);
+    let window = TestWindow::open(&display, "640x480+0+0", "caps");
+    common::act_ok(&display, r#"{"action":"key","chord":"capslock"}"#);
+    let setup = Setup::new(BALANCED);
+    let script = setup.script(&[
+        action(r#"{"action":"type","text":"akiaiosfodnn7example"}"#),
+        done(),
+    ]);
+    let (_, stdout, stderr) = setup.run_script(&display, "type the id", &script, &[]);
+    let typed = step(&setup.trace(), 1).clone();
+    assert_eq!(
+        typed["outcome"]["status"], "error",
+        "{typed}\n{stdout}\n{stderr}"
+    );
+    assert!(
+        typed["outcome"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Caps Lock is on")),
+        "{typed}"
+    );
+    assert_eq!(window.text(), "", "the window received text");
+}
+
+/// Every run names the policy files and the grants file that changed since the last run.
+#[test]
+fn a_run_names_the_policy_and_grants_changed_since_the_last_run() {
+    let display = display(640, 480);
+    let setup = Setup::new(BALANCED);
+    let script = setup.script(&[done()]);
+    let (code, _, stderr) = setup.run_script(&display, "first", &script, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        !stderr.contains("since the last run"),
+        "the first run: {stderr}"
+    );
+    std::fs::write(setup.policy(), format!("{BALANCED}# edited\n")).expect("edit the policy");
+    std::fs::write(setup.path("grants.toml"), "schema_version = 1\n").expect("write grants");
+    let (code, _, stderr) = setup.run_script(&display, "second", &script, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    for path in [setup.policy(), setup.path("grants.toml")] {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains(&*path.to_string_lossy()) && l.contains("since the last run")),
+            "no note about {}:\n{stderr}",
+            path.display()
+        );
+    }
+}
+
 #[test]
 fn a_click_is_judged_against_the_window_under_the_pointer_not_the_focused_one() {
     let display = display(1024, 600);
@@ -762,7 +854,7 @@ fn a_paste_is_judged_by_what_the_clipboard_holds() {
         first["decision"]["decision"], "deny",
         "{first}\n{stdout}\n{stderr}"
     );
-    assert_eq!(first["decision"]["rule"], "floor.secret_text", "{first}");
+    assert_eq!(first["decision"]["rule"], "floor.secret", "{first}");
     assert_eq!(
         first["request"]["pasted"], "[redacted:card_number]",
         "{first}"

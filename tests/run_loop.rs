@@ -113,6 +113,7 @@ fn run_loop_with(
         },
         engine: "test backend".into(),
         policy: "balanced".into(),
+        unlocks: Vec::new(),
     };
     let result = agent::run(
         &options,

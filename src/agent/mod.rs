@@ -72,6 +72,8 @@ pub struct RunOptions {
     /// For the trace's header.
     pub engine: String,
     pub policy: String,
+    /// The policy's unlocks of floor entries (and the refused ones), for the trace's header.
+    pub unlocks: Vec<String>,
 }
 
 /// The stages one run uses.
@@ -147,6 +149,10 @@ impl ImageWindow {
     }
 }
 
+/// The most turns the conversation keeps. A model's context fills long before (the engine then
+/// drops the oldest turns' text itself); this only bounds the loop's own memory.
+const MAX_TURNS: usize = 256;
+
 impl State {
     fn new() -> State {
         State {
@@ -189,6 +195,12 @@ impl State {
             frame: self.current.clone(),
             reply: reply.to_owned(),
         });
+        // A bound on memory for runs of any length. The oldest half leaves at once, since any
+        // change at the front makes the engine evaluate the whole conversation again; the
+        // trace keeps every step.
+        if self.turns.len() > MAX_TURNS {
+            self.turns.drain(..self.turns.len() - MAX_TURNS / 2);
+        }
         let shown = self.turns.iter().filter(|t| t.frame.is_some()).count();
         let mut leaving = shown - window.keep(shown);
         for turn in &mut self.turns {
@@ -251,7 +263,8 @@ pub fn run(options: &RunOptions, stages: Stages<'_>) -> RunResult {
             .and_then(|d| d.file_name())
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
-        task: options.task.clone(),
+        // The person typed the task; it passes the detectors before it is recorded.
+        task: policy.redact(&options.task),
         started: now_rfc3339(),
         deskhand_version: env!("CARGO_PKG_VERSION").to_owned(),
         engine: options.engine.clone(),
@@ -263,6 +276,7 @@ pub fn run(options: &RunOptions, stages: Stages<'_>) -> RunResult {
         dry_run: options.dry_run,
         max_steps: options.guards.max_steps,
         images: options.window.images,
+        unlocks: options.unlocks.clone(),
     };
     let mut result = RunResult {
         exit_code: 1,
@@ -287,6 +301,7 @@ pub fn run(options: &RunOptions, stages: Stages<'_>) -> RunResult {
         recorder,
         user,
         abort: &abort,
+        deadline: started + options.guards.timeout,
     };
     let mut step = 0u32;
     let (code, status, message) = loop {
@@ -349,6 +364,8 @@ struct Context<'a, 'b> {
     recorder: &'b mut dyn Recorder,
     user: &'b mut dyn User,
     abort: &'a AbortSignal,
+    /// The run's time limit, which a long wait must not outlast either.
+    deadline: Instant,
 }
 
 impl Context<'_, '_> {
@@ -781,16 +798,29 @@ impl Context<'_, '_> {
                 answer: self.user.reply(&self.policy.redact(question)),
             },
             Action::Wait { ms } if !self.options.dry_run => {
-                let until = Instant::now() + Duration::from_millis(*ms);
+                let started = Instant::now();
+                let until = (started + Duration::from_millis(*ms)).min(self.deadline);
                 while Instant::now() < until {
                     if self.aborted().is_some() {
                         break;
                     }
-                    std::thread::sleep(Duration::from_millis(10).min(until - Instant::now()));
+                    std::thread::sleep(
+                        Duration::from_millis(10).min(until.saturating_duration_since(Instant::now())),
+                    );
                 }
-                Outcome::Waited { ms: *ms }
+                // What was waited: a wait cut by the time limit or an abort says so.
+                Outcome::Waited {
+                    ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                }
             }
             _ if self.options.dry_run => Outcome::DryRun,
+            // Unreadable counts as on: typing blind to the case is what the check prevents.
+            _ if action.typed_text().is_some() && self.screen.caps_lock().unwrap_or(true) => {
+                Outcome::Error {
+                    stage: "act".into(),
+                    error: "Caps Lock is on, so this text would arrive in another case than the policy judged it; nothing was typed. Turn Caps Lock off".into(),
+                }
+            }
             _ => match self.hands.perform(action) {
                 Ok(performed) => Outcome::Executed {
                     events: performed.events,
@@ -956,10 +986,10 @@ impl WindowsReached {
         let to_ref = |w: &Option<ActiveWindow>| WindowRef {
             app: w.as_ref().map(|w| w.app_name.clone()),
             title: w.as_ref().map(|w| w.title.clone()),
+            id: w.as_ref().map(|w| w.window_id),
         };
-        let active = to_ref(&self.active);
         Request::new(action.clone())
-            .with_window(active.app, active.title)
+            .with_window_ref(to_ref(&self.active))
             .with_windows_under_pointer(self.under_pointer.iter().map(to_ref).collect())
             .with_pasted(self.pasted.clone())
             .with_monitors(monitors)
@@ -1027,10 +1057,14 @@ fn summary_line(
     outcome: &Outcome,
     t: &StepTimings,
 ) -> String {
-    let by = decision
+    let mut by = decision
         .rule
         .clone()
         .unwrap_or_else(|| format!("{:?}", decision.layer).to_lowercase());
+    for unlock in &decision.unlocked {
+        by.push_str("; ");
+        by.push_str(unlock);
+    }
     format!(
         "step {step}: {action} -> {verdict} ({by}), {outcome} | settle {:.0} ms, capture {:.0} ms, model {:.0} ms, policy {:.2} ms, act {:.0} ms",
         t.settle_ms, t.observe_ms, t.model_ms, t.policy_ms, t.act_ms
@@ -1109,6 +1143,21 @@ mod tests {
         }
     }
 
+    /// A model that only ever wants to wait a minute.
+    struct Waiter;
+
+    impl Backend for Waiter {
+        fn reply(&mut self, _: &Prompt<'_>) -> Result<Reply, ModelError> {
+            let action = Action::Wait { ms: 60_000 };
+            Ok(Reply {
+                raw: action.to_json(),
+                thought: None,
+                action,
+                timings: Timings::default(),
+            })
+        }
+    }
+
     struct NoHands;
 
     impl Hands for NoHands {
@@ -1176,6 +1225,7 @@ mod tests {
             },
             engine: "test".into(),
             policy: "permissive".into(),
+            unlocks: Vec::new(),
         };
         let result = run(
             &options,
@@ -1194,6 +1244,47 @@ mod tests {
         assert_eq!(result.status, RunStatus::Guard, "{result:?}");
         assert!(result.message.contains("did not change"), "{result:?}");
         assert!(result.steps <= 5, "{result:?}");
+    }
+
+    /// A wait is an action too: it ends at the run's time limit, not a minute later.
+    #[test]
+    fn a_long_wait_ends_at_the_time_limit() {
+        let engine = PolicyEngine::from_sources(vec![(
+            Layer::User,
+            PathBuf::from("p.toml"),
+            "schema_version = 1\npreset = \"permissive\"\n".into(),
+        )])
+        .unwrap();
+        let mut policy = Checker::new(engine, None);
+        let mut options = options_with(ImageWindow {
+            images: 1,
+            evict_every: 0,
+        });
+        options.settle.interval = Duration::from_millis(1);
+        options.guards.timeout = Duration::from_millis(400);
+        options.guards.max_steps = 5;
+        let started = Instant::now();
+        let result = run(
+            &options,
+            Stages {
+                screen: &mut BlinkingCaret { captures: 0 },
+                monitor: monitor(),
+                monitors: vec![monitor()],
+                backend: &mut Waiter,
+                policy: &mut policy,
+                hands: &mut NoHands,
+                recorder: &mut NoTrace,
+                user: &mut Unattended,
+                abort: AbortSignal::new(),
+            },
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the wait outlasted the time limit: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(result.status, RunStatus::Guard, "{result:?}");
+        assert!(result.message.contains("time limit"), "{result:?}");
     }
 
     fn tiny_frame(shade: u8) -> Frame {
@@ -1215,6 +1306,7 @@ mod tests {
             guards: Guards::default(),
             engine: String::new(),
             policy: String::new(),
+            unlocks: Vec::new(),
         }
     }
 
@@ -1260,6 +1352,42 @@ mod tests {
             assert_eq!(shown, usize::from(step).min(1) + 1);
             state.close_turn("r", String::new(), window);
         }
+    }
+
+    /// However long the run, the conversation holds at most `MAX_TURNS` turns: the oldest half
+    /// leaves at once, the newest stay in order, and the screenshots in the window stay.
+    #[test]
+    fn the_conversation_is_bounded_and_keeps_its_newest_turns() {
+        let window = ImageWindow {
+            images: 2,
+            evict_every: 0,
+        };
+        let mut state = State::new();
+        for step in 0..(3 * MAX_TURNS) {
+            state.current = Some(tiny_frame(0));
+            state.close_turn(&format!("reply {step}"), String::new(), window);
+            assert!(
+                state.turns.len() <= MAX_TURNS,
+                "{} turns",
+                state.turns.len()
+            );
+        }
+        let last = state.turns.last().map(|t| t.reply.clone());
+        assert_eq!(
+            last.as_deref(),
+            Some(format!("reply {}", 3 * MAX_TURNS - 1).as_str())
+        );
+        let replies: Vec<usize> = state
+            .turns
+            .iter()
+            .filter_map(|t| t.reply.strip_prefix("reply ")?.parse().ok())
+            .collect();
+        assert!(
+            replies.windows(2).all(|w| w[1] == w[0] + 1),
+            "in order, none missing"
+        );
+        // The next step's screenshot makes two.
+        assert_eq!(state.turns.iter().filter(|t| t.frame.is_some()).count(), 1);
     }
 
     #[test]

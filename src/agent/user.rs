@@ -276,6 +276,9 @@ pub fn ask_details(request: &Request, decision: &Decision) -> String {
             .collect();
         lines.push(format!("  detected: {}", hits.join(", ")));
     }
+    for unlock in &decision.unlocked {
+        lines.push(format!("  floor: {unlock}"));
+    }
     for asking in decision.asking() {
         let floor = if asking.layer == Layer::Floor {
             " (built-in floor: it asks every time)"
@@ -357,6 +360,7 @@ mod tests {
             detector_hits: Vec::new(),
             intents: vec![Intent::Install],
             grants: Vec::new(),
+            unlocked: Vec::new(),
         };
         let shown = ask_details(&request, &decision);
         assert!(

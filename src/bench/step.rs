@@ -257,6 +257,7 @@ pub fn step(args: &StepBenchArgs) -> Result<(), Failure> {
         },
         engine: model_name.clone(),
         policy: "permissive preset, no budgets".into(),
+        unlocks: Vec::new(),
     };
     let mut rig = Rig {
         screen: &mut screen,

@@ -13,8 +13,12 @@
 //! keyboard by rebinding spare keycodes on the fly; querying the mapping when a key arrives would
 //! race with the next rebinding.
 //!
+//! With `--mail` it is a mail composer instead: To, Subject and Body fields and a Send button,
+//! titled as Thunderbird titles its composer, so that the policy's mail rules and unlocks can
+//! be tried against a real window. A click on Send logs a `sent` event with the fields.
+//!
 //! Usage: `deskhand-testwin --log FILE [--display NAME] [--geometry WxH+X+Y] [--title TITLE]
-//! [--banner TEXT]`.
+//! [--banner TEXT] [--mail]`.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -43,6 +47,14 @@ const FIELD_HEIGHT: i32 = 30;
 /// The band the banner is drawn in, window-relative: top and height, in pixels.
 const BANNER_TOP: i32 = 20;
 const BANNER_HEIGHT: i32 = 20;
+/// The mail composer's fields, in Tab order, as its log names them.
+const MAIL_FIELDS: [&str; 3] = ["to", "subject", "body"];
+/// Where the composer's first field starts, window-relative, and the distance between fields.
+const MAIL_LEFT: i32 = 90;
+const MAIL_TOP: i32 = 60;
+const MAIL_ROW: i32 = 40;
+/// The Send button: x, y, width, height, window-relative.
+const SEND_BUTTON: (i32, i32, i32, i32) = (MAIL_LEFT, MAIL_TOP + 3 * MAIL_ROW, 80, 28);
 
 /// Command line of the test window.
 #[derive(Parser, Debug)]
@@ -73,6 +85,39 @@ struct Args {
     /// targets), so that screenshots show it; clipped to the window's width.
     #[arg(long, value_name = "TEXT")]
     banner: Option<String>,
+
+    /// Be a mail composer: To, Subject and Body fields (Tab moves between them) and a Send
+    /// button. The title follows the subject, "Write: SUBJECT - Thunderbird", and replaces
+    /// --title; a click on Send logs a "sent" event with the three fields.
+    #[arg(long)]
+    mail: bool,
+}
+
+/// Thunderbird's composer title for `subject`.
+fn mail_title(subject: &str) -> String {
+    let subject = if subject.is_empty() {
+        "(no subject)"
+    } else {
+        subject
+    };
+    format!("Write: {subject} - Thunderbird")
+}
+
+/// The composer's state: the fields' text and which one has the keyboard.
+#[derive(Default)]
+struct Mail {
+    fields: [String; 3],
+    focused: usize,
+}
+
+impl Mail {
+    fn as_json(&self) -> Value {
+        json!({
+            "to": self.fields[0],
+            "subject": self.fields[1],
+            "body": self.fields[2],
+        })
+    }
 }
 
 /// An offset in a geometry string: `+N` counts from the left/top, `-N` from the right/bottom.
@@ -494,12 +539,22 @@ struct App {
     height: i32,
     text: String,
     ready: bool,
+    mail: Option<Mail>,
 }
 
 impl App {
-    fn targets(&self) -> [Target; 3] {
+    fn targets(&self) -> Vec<Target> {
+        if self.mail.is_some() {
+            let (x, y, w, h) = SEND_BUTTON;
+            return vec![Target {
+                name: "send",
+                pixel: self.palette.blue,
+                x: x + w / 2,
+                y: y + h / 2,
+            }];
+        }
         let (w, h) = (self.width, self.height);
-        [
+        vec![
             Target {
                 name: "red",
                 pixel: self.palette.red,
@@ -521,6 +576,25 @@ impl App {
         ]
     }
 
+    /// The composer's field `i`: x, y, width, height, window-relative.
+    fn mail_field(&self, i: usize) -> (i32, i32, i32, i32) {
+        let row = i32::try_from(i).unwrap_or(0);
+        (
+            MAIL_LEFT,
+            MAIL_TOP + row * MAIL_ROW,
+            (self.width - MAIL_LEFT - 20).max(0),
+            FIELD_HEIGHT,
+        )
+    }
+
+    /// The composer field under a window-relative point, if any.
+    fn mail_field_at(&self, x: i32, y: i32) -> Option<usize> {
+        (0..MAIL_FIELDS.len()).find(|&i| {
+            let (fx, fy, fw, fh) = self.mail_field(i);
+            x >= fx && x < fx + fw && y >= fy && y < fy + fh
+        })
+    }
+
     /// The text field's rectangle, window-relative: x, y, width, height.
     fn field(&self) -> (i32, i32, i32, i32) {
         (
@@ -533,6 +607,10 @@ impl App {
 
     /// The name of the target whose square contains the window-relative point, if any.
     fn target_at(&self, x: i32, y: i32) -> Option<&'static str> {
+        if self.mail.is_some() {
+            let (bx, by, bw, bh) = SEND_BUTTON;
+            return (x >= bx && x < bx + bw && y >= by && y < by + bh).then_some("send");
+        }
         let half = TARGET_SIZE / 2;
         self.targets()
             .into_iter()
@@ -559,6 +637,10 @@ impl App {
     fn draw(&self) -> Result<(), ConnectionError> {
         self.set_foreground(self.palette.white)?;
         self.fill(0, 0, self.width, self.height)?;
+        if self.mail.is_some() {
+            self.draw_banner()?;
+            return self.draw_mail();
+        }
         let half = TARGET_SIZE / 2;
         for target in self.targets() {
             self.set_foreground(target.pixel)?;
@@ -603,11 +685,31 @@ impl App {
         height: i32,
         bytes: &[u8],
     ) -> Result<(), ConnectionError> {
+        self.write_in(
+            (self.palette.black, self.palette.white),
+            font,
+            x,
+            top,
+            height,
+            bytes,
+        )
+    }
+
+    /// `write` in other colours: (text, background).
+    fn write_in(
+        &self,
+        (text, background): (u32, u32),
+        font: &TextFont,
+        x: i32,
+        top: i32,
+        height: i32,
+        bytes: &[u8],
+    ) -> Result<(), ConnectionError> {
         self.conn.change_gc(
             self.gc,
             &ChangeGCAux::new()
-                .foreground(self.palette.black)
-                .background(self.palette.white)
+                .foreground(text)
+                .background(background)
                 .font(font.font),
         )?;
         let baseline = top + (height + font.ascent - font.descent) / 2;
@@ -616,8 +718,57 @@ impl App {
         Ok(())
     }
 
+    /// The composer: each field with its label (the focused one outlined in black) and the
+    /// Send button.
+    fn draw_mail(&self) -> Result<(), ConnectionError> {
+        let Some(mail) = &self.mail else {
+            return Ok(());
+        };
+        for (i, label) in ["To:", "Subject:", "Body:"].into_iter().enumerate() {
+            let (fx, fy, fw, fh) = self.mail_field(i);
+            self.set_foreground(self.palette.white)?;
+            self.fill(fx, fy, fw, fh)?;
+            let outline = if i == mail.focused {
+                self.palette.black
+            } else {
+                self.palette.gray
+            };
+            self.set_foreground(outline)?;
+            self.conn
+                .poly_rectangle(self.window, self.gc, &[rect(fx, fy, fw - 1, fh - 1)])?;
+            if let Some(font) = &self.font {
+                self.write(font, 8, fy, FIELD_HEIGHT, label.as_bytes())?;
+                let room = usize::try_from((fw - 8) / font.char_width)
+                    .unwrap_or(0)
+                    .min(255);
+                let bytes: Vec<u8> = mail.fields[i].chars().map(latin1_glyph).collect();
+                let visible = &bytes[bytes.len().saturating_sub(room)..];
+                if !visible.is_empty() {
+                    self.write(font, fx + 4, fy, FIELD_HEIGHT, visible)?;
+                }
+            }
+        }
+        let (bx, by, bw, bh) = SEND_BUTTON;
+        self.set_foreground(self.palette.blue)?;
+        self.fill(bx, by, bw, bh)?;
+        if let Some(font) = &self.font {
+            self.write_in(
+                (self.palette.white, self.palette.blue),
+                font,
+                bx + (bw - 4 * font.char_width) / 2,
+                by,
+                bh,
+                b"Send",
+            )?;
+        }
+        Ok(())
+    }
+
     /// Redraws the inside of the text field with the end of the text typed so far.
     fn draw_text(&self) -> Result<(), ConnectionError> {
+        if self.mail.is_some() {
+            return self.draw_mail();
+        }
         let (fx, fy, fw, fh) = self.field();
         self.set_foreground(self.palette.white)?;
         self.fill(fx + 1, fy + 1, fw - 2, fh - 2)?;
@@ -680,6 +831,20 @@ impl App {
             })
             .collect();
         let (fx, fy, fw, fh) = self.field();
+        let mail_fields: Option<Value> = self.mail.as_ref().map(|_| {
+            MAIL_FIELDS
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    let (x, y, w, h) = self.mail_field(i);
+                    (
+                        (*name).to_owned(),
+                        json!({"root_x": wx + x + w / 2, "root_y": wy + y + h / 2}),
+                    )
+                })
+                .collect::<serde_json::Map<_, _>>()
+                .into()
+        });
         self.log.log(json!({
             "event": "ready",
             "pid": std::process::id(),
@@ -687,6 +852,7 @@ impl App {
             "window": {"x": wx, "y": wy, "width": self.width, "height": self.height},
             "targets": targets,
             "field": {"root_x": wx + fx, "root_y": wy + fy, "width": fw, "height": fh},
+            "mail_fields": mail_fields,
         }))?;
         self.ready = true;
         Ok(())
@@ -724,7 +890,72 @@ impl App {
             "y": y,
             "state": u16::from(e.state),
             "target": self.target_at(x, y),
-        }))
+        }))?;
+        if pressed && e.detail == 1 {
+            self.on_mail_click(x, y)?;
+        }
+        Ok(())
+    }
+
+    /// A left click in the composer: Send sends, a field takes the keyboard.
+    fn on_mail_click(&mut self, x: i32, y: i32) -> Result<()> {
+        if self.mail.is_none() {
+            return Ok(());
+        }
+        if self.target_at(x, y) == Some("send") {
+            let fields = self.mail.as_ref().map(Mail::as_json);
+            return self.log.log(json!({"event": "sent", "mail": fields}));
+        }
+        if let Some(i) = self.mail_field_at(x, y) {
+            self.focus_mail_field(i)?;
+        }
+        Ok(())
+    }
+
+    fn focus_mail_field(&mut self, i: usize) -> Result<()> {
+        if let Some(mail) = &mut self.mail {
+            mail.focused = i;
+        }
+        self.log
+            .log(json!({"event": "mail_focus", "field": MAIL_FIELDS[i]}))?;
+        Ok(self.draw_mail()?)
+    }
+
+    /// A key in the composer: Tab and Shift+Tab move between the fields, the rest edits the
+    /// focused one; a new subject retitles the window.
+    fn on_mail_key(&mut self, sym: u32, ch: Option<char>) -> Result<()> {
+        let Some(mail) = &mut self.mail else {
+            return Ok(());
+        };
+        let focused = mail.focused;
+        if sym == xkeysym::key::Tab || sym == xkeysym::key::ISO_Left_Tab {
+            let step = if sym == xkeysym::key::Tab { 1 } else { 2 };
+            return self.focus_mail_field((focused + step) % MAIL_FIELDS.len());
+        }
+        let field = &mut mail.fields[focused];
+        let changed = if sym == xkeysym::key::BackSpace {
+            field.pop().is_some()
+        } else if sym == xkeysym::key::Return && focused == 2 {
+            field.push('\n');
+            true
+        } else if let Some(c) = ch.filter(|c| !c.is_control()) {
+            field.push(c);
+            true
+        } else {
+            false
+        };
+        if !changed {
+            return Ok(());
+        }
+        let fields = mail.as_json();
+        let title = (focused == 1).then(|| mail_title(&mail.fields[1]));
+        self.log.log(json!({"event": "mail", "mail": fields}))?;
+        if let Some(title) = title {
+            set_title(&self.conn, self.window, &self.atoms, &title)?;
+            self.log.log(json!({"event": "title", "title": title}))?;
+            self.title = title;
+        }
+        Ok(self.draw_mail()?)
     }
 
     fn on_motion(&mut self, e: &MotionNotifyEvent) -> Result<()> {
@@ -759,6 +990,9 @@ impl App {
         let command = u16::from(KeyButMask::CONTROL | KeyButMask::MOD1 | KeyButMask::MOD4);
         if state & command != 0 {
             return Ok(());
+        }
+        if self.mail.is_some() {
+            return self.on_mail_key(sym, ch);
         }
         let changed = if sym == xkeysym::key::BackSpace {
             self.text.pop().is_some()
@@ -876,15 +1110,8 @@ fn latin1_title(title: &str) -> Vec<u8> {
         .collect()
 }
 
-fn set_properties(
-    conn: &RustConnection,
-    window: Window,
-    atoms: &Atoms,
-    args: &Args,
-    x: i32,
-    y: i32,
-) -> Result<()> {
-    let title = &args.title;
+/// Sets the window's title, as WM_NAME (Latin-1) and _NET_WM_NAME (UTF-8).
+fn set_title(conn: &RustConnection, window: Window, atoms: &Atoms, title: &str) -> Result<()> {
     conn.change_property8(
         PropMode::REPLACE,
         window,
@@ -899,6 +1126,18 @@ fn set_properties(
         atoms.utf8_string,
         title.as_bytes(),
     )?;
+    Ok(())
+}
+
+fn set_properties(
+    conn: &RustConnection,
+    window: Window,
+    atoms: &Atoms,
+    args: &Args,
+    title: &str,
+    (x, y): (i32, i32),
+) -> Result<()> {
+    set_title(conn, window, atoms, title)?;
     conn.change_property8(
         PropMode::REPLACE,
         window,
@@ -1009,7 +1248,12 @@ fn run(args: Args) -> Result<()> {
     )?
     .check()
     .context("cannot create the window")?;
-    set_properties(&conn, window, &atoms, &args, x, y)?;
+    let title = if args.mail {
+        mail_title("")
+    } else {
+        args.title.clone()
+    };
+    set_properties(&conn, window, &atoms, &args, &title, (x, y))?;
 
     let gc = conn.generate_id()?;
     conn.create_gc(
@@ -1036,12 +1280,13 @@ fn run(args: Args) -> Result<()> {
         atoms,
         keymap,
         log,
-        title: args.title,
+        title,
         banner: args.banner,
         width: i32::from(geometry.width),
         height: i32::from(geometry.height),
         text: String::new(),
         ready: false,
+        mail: args.mail.then(Mail::default),
         conn,
     };
 

@@ -16,6 +16,7 @@ use crate::input::{
     ABORT_EXIT_CODE, AbortSignal, Action, EnigoDevice, Executor, Hands, InputError, exit_on_signals,
 };
 use crate::screen::{FrameTarget, Screen, X11Screen};
+use crate::trace::printable;
 
 /// Exit status for bad input: unparsable actions, bad options, impossible targets.
 pub const BAD_INPUT_EXIT_CODE: u8 = 2;
@@ -258,13 +259,19 @@ fn window(display: Option<&str>, json: bool) -> Result<(), Failure> {
     }
     match active {
         Some(w) => {
-            println!("app:    {}", w.app_name);
-            println!("title:  {}", w.title);
+            // A window names itself: its title and class are the screen's text, not ours.
+            println!("app:    {}", printable(&w.app_name));
+            println!("title:  {}", printable(&w.title));
             println!(
                 "pid:    {}",
                 w.pid.map_or_else(|| "unknown".into(), |p| p.to_string())
             );
-            println!("class:  {}", w.wm_class.as_deref().unwrap_or("none"));
+            println!(
+                "class:  {}",
+                w.wm_class
+                    .as_deref()
+                    .map_or_else(|| "none".into(), printable)
+            );
             println!("window: 0x{:x}", w.window_id);
         }
         None => println!("no window has the focus"),

@@ -13,7 +13,7 @@ use crate::policy::{
     starter_policy,
 };
 use crate::screen::{Screen, X11Screen};
-use crate::trace::read_jsonl;
+use crate::trace::{printable, read_jsonl};
 
 #[derive(Debug, Args)]
 pub struct PolicyArgs {
@@ -176,6 +176,9 @@ fn check(paths: &PolicyPaths) -> Result<(), Failure> {
             for note in engine.notes() {
                 println!("note: {note}");
             }
+            for unlock in engine.unlocks() {
+                println!("{unlock}");
+            }
             Ok(())
         }
         Err(errors) => {
@@ -268,6 +271,9 @@ fn print_decision(decision: &Decision) {
     if !decision.grants.is_empty() {
         println!("grants:    {}", decision.grants.join(", "));
     }
+    for unlock in &decision.unlocked {
+        println!("floor:     {unlock}");
+    }
     println!("matched:");
     for m in &decision.matched {
         println!(
@@ -356,7 +362,8 @@ fn replay(paths: &PolicyPaths, trace: &Path, with_grants: bool) -> Result<(), Fa
             relaxed += 1;
         }
         let by = |rule: &Option<String>| rule.clone().unwrap_or_else(|| "no rule".into());
-        println!(
+        // The trace's requests hold what the model typed and what windows called themselves.
+        let line = format!(
             "{}: {}{}: {} ({}) -> {} ({}: {}){}",
             step.step,
             step.request.action,
@@ -372,6 +379,7 @@ fn replay(paths: &PolicyPaths, trace: &Path, with_grants: bool) -> Result<(), Fa
             now.reason,
             if looser { "  [LOOSER]" } else { "" }
         );
+        println!("{}", printable(&line));
     }
     println!(
         "{} steps replayed against {}: {changed} would change, {relaxed} would become allow",

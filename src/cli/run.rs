@@ -140,10 +140,20 @@ pub fn run(args: &RunArgs, display: Option<&str>) -> Result<(), Failure> {
     for note in engine.notes() {
         eprintln!("note: {note}");
     }
+    // Every unlock of the floor is said at every start, refused ones too.
+    let unlocks: Vec<String> = engine.unlocks().iter().map(ToString::to_string).collect();
+    for unlock in &unlocks {
+        eprintln!("{unlock}");
+    }
     // Said at every start, so that an edit nobody meant (or one the agent got past the floor)
-    // does not pass unnoticed.
+    // does not pass unnoticed. The grants count: an "always" answer loosens the policy too.
     let seen = paths.grants.with_file_name(SEEN_FILE);
-    let policy_files: Vec<PathBuf> = paths.system.iter().chain([&paths.user]).cloned().collect();
+    let policy_files: Vec<PathBuf> = paths
+        .system
+        .iter()
+        .chain([&paths.user, &paths.grants])
+        .cloned()
+        .collect();
     match changed_since_last_run(&seen, &policy_files) {
         Ok(changed) => {
             for change in changed {
@@ -234,6 +244,7 @@ pub fn run(args: &RunArgs, display: Option<&str>) -> Result<(), Failure> {
             ..Guards::default()
         },
         engine: engine_label,
+        unlocks,
         policy: if policy_label.is_empty() {
             "no policy file: built-in strict preset".into()
         } else {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use clap::Subcommand;
 
 use crate::cli::{Failure, bad_input, print_json};
-use crate::trace::{TraceError, TraceLine, read_trace, runs_dir, write_report};
+use crate::trace::{TraceError, TraceLine, printable, read_trace, runs_dir, write_report};
 
 #[derive(Debug, Subcommand)]
 pub enum TraceCommand {
@@ -154,9 +154,12 @@ fn show(name: &str, json: bool) -> Result<(), Failure> {
     for line in &lines {
         match line {
             TraceLine::Start(start) => {
-                println!("task:   {}", start.task);
-                println!("engine: {}", start.engine);
-                println!("policy: {}", start.policy);
+                println!("task:   {}", printable(&start.task));
+                println!("engine: {}", printable(&start.engine));
+                println!("policy: {}", printable(&start.policy));
+                for unlock in &start.unlocks {
+                    println!("floor:  {}", printable(unlock));
+                }
                 println!("start:  {}", start.started);
             }
             TraceLine::Step(step) => {
@@ -171,23 +174,27 @@ fn show(name: &str, json: bool) -> Result<(), Failure> {
                         d.rule.clone().unwrap_or_else(|| d.source.clone())
                     )
                 });
+                // The action, the outcome and the thought hold what the model wrote.
                 println!(
-                    "step {:>3}: {action}{decision}: {} [settle {:.0} ms, model {:.0} ms, policy {:.2} ms, act {:.0} ms]",
+                    "step {:>3}: {}{decision}: {} [settle {:.0} ms, model {:.0} ms, policy {:.2} ms, act {:.0} ms]",
                     step.step,
-                    step.outcome,
+                    printable(&action),
+                    printable(&step.outcome.to_string()),
                     step.timings.settle_ms,
                     step.timings.model_ms,
                     step.timings.policy_ms,
                     step.timings.act_ms
                 );
                 if let Some(thought) = step.model.as_ref().and_then(|m| m.thought.as_ref()) {
-                    println!("          thought: {thought}");
+                    println!("          thought: {}", printable(thought));
                 }
             }
             TraceLine::End(end) => {
                 println!(
                     "end:    {} (exit {}): {}",
-                    end.status, end.exit_code, end.message
+                    end.status,
+                    end.exit_code,
+                    printable(&end.message)
                 );
             }
         }

@@ -1,6 +1,7 @@
 //! The decision: floor, files, defaults, preset, grants and budgets, combined by one rule —
 //! every match counts and the strictest wins.
 
+use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
@@ -10,10 +11,10 @@ use thiserror::Error;
 
 use super::detect::has_word;
 use super::file::{self, Layer, PolicyFile};
-use super::rule::Facts;
+use super::rule::{Facts, FloorItem, Rule};
 use super::{
     BudgetLimits, BudgetTracker, DetectorHit, Detectors, Grant, GrantError, GrantScope, GrantStore,
-    Intent, NormalizedPoint, PolicyError, PolicyErrors, Preset, Request, Verdict,
+    Intent, NormalizedPoint, PolicyError, PolicyErrors, Preset, Request, Verdict, WindowRef,
     infer_intents_after, password_context,
 };
 use crate::input::{Action, Chord, ChordKey, NamedKey};
@@ -65,6 +66,10 @@ pub struct Decision {
     /// Grants that turned an ask into this allow.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub grants: Vec<String>,
+    /// The floor entries a rule unlocked for this request, each with the rule and where it is
+    /// ("floor.risky_intent (send_email) unlocked by rule 'x' at FILE:LINE").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unlocked: Vec<String>,
 }
 
 impl Decision {
@@ -117,6 +122,46 @@ const SESSION_CHORDS: &[&str] = &[
     "ctrl+alt+f11",
     "ctrl+alt+f12",
 ];
+
+/// Whether `chord` (normalized) ends, locks or leaves the session: the floor denies it.
+pub(super) fn is_session_chord(chord: &str) -> bool {
+    SESSION_CHORDS.contains(&chord)
+}
+
+/// A rule's unlock of floor entries, as `policy check` and the start of a run list it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unlock {
+    pub rule: String,
+    /// `file:line` of the rule.
+    pub source: String,
+    /// What it unlocks: "floor.risky_intent (send_email)".
+    pub items: Vec<String>,
+    pub decision: Verdict,
+    /// `file:line` of the system layer's `[floor] locked = true` that refuses this unlock.
+    pub refused_by: Option<String>,
+}
+
+impl fmt::Display for Unlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.refused_by {
+            None => write!(
+                f,
+                "unlocked: {} (now {}) by rule '{}' at {}",
+                self.items.join(", "),
+                self.decision,
+                self.rule,
+                self.source
+            ),
+            Some(lock) => write!(
+                f,
+                "refused unlock: {} by rule '{}' at {}: the floor is locked by {lock}, so it stays in force",
+                self.items.join(", "),
+                self.rule,
+                self.source
+            ),
+        }
+    }
+}
 
 /// Where the policy's files are.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,6 +237,8 @@ pub struct PolicyEngine {
     notes: Vec<String>,
     /// deskhand's own policy and grants files: input that would edit them is refused.
     own_files: Vec<PathBuf>,
+    /// `file:line` of the system layer's `[floor] locked = true`: user files unlock nothing.
+    floor_lock: Option<String>,
 }
 
 impl PolicyEngine {
@@ -307,9 +354,14 @@ impl PolicyEngine {
                 detectors.add_regex(name, regex.clone(), *secret);
             }
         }
+        let floor_lock = files
+            .iter()
+            .filter(|f| f.layer == Layer::System)
+            .find_map(|f| f.floor_locked.map(|line| f.source(line)));
         let engine = PolicyEngine {
             budgets: BudgetLimits::combine(files.iter().map(|f| &f.budgets)),
             files,
+            floor_lock,
             detectors,
             grants: Vec::new(),
             session_grants: Vec::new(),
@@ -336,6 +388,7 @@ impl PolicyEngine {
             locked: Some(errors),
             notes: Vec::new(),
             own_files: Vec::new(),
+            floor_lock: None,
         }
     }
 
@@ -379,6 +432,34 @@ impl PolicyEngine {
             .collect()
     }
 
+    /// Every rule that unlocks floor entries, and whether the system layer's lock refuses it.
+    pub fn unlocks(&self) -> Vec<Unlock> {
+        let mut unlocks = Vec::new();
+        for file in &self.files {
+            for rule in file.rules.iter().filter(|r| !r.unlock.is_empty()) {
+                let items = rule
+                    .unlock
+                    .iter()
+                    .map(|&item| format!("{} ({})", item.id(), rule.unlocked(item).join(", ")))
+                    .collect();
+                unlocks.push(Unlock {
+                    rule: rule.id.clone(),
+                    source: file.source(rule.line),
+                    items,
+                    decision: rule.decision,
+                    refused_by: self.refuses_unlocks_of(file.layer).cloned(),
+                });
+            }
+        }
+        unlocks
+    }
+
+    /// The lock that refuses the unlocks of a file in `layer`: the system layer's lock binds
+    /// the user's file only.
+    fn refuses_unlocks_of(&self, layer: Layer) -> Option<&String> {
+        self.floor_lock.as_ref().filter(|_| layer != Layer::System)
+    }
+
     pub fn with_grants(mut self, grants: Vec<Grant>) -> PolicyEngine {
         self.grants = grants;
         self
@@ -399,19 +480,21 @@ impl PolicyEngine {
 
     /// Decides `request`; `now` is only used to expire grants.
     pub fn decide_at(&self, request: &Request, now: SystemTime) -> Decision {
-        self.decide_after("", request, now)
+        self.decide_typed(&TypedText::default(), request, now)
     }
 
-    /// Decides `request`, which would type after `typed_before`: the text already sent to the
-    /// same window in this run. Detectors and command inference read the two together.
+    /// Decides `request`, given `typed`: the text this run already sent to each window.
+    /// Detectors and command inference read it together with what the action types, and
+    /// `window_text_matches` reads it whole.
     ///
     /// A pointer action is decided for the active window and for every window under its
     /// points, and the strictest of those decisions stands: a click lands on the window under
     /// the pointer, which need not be the one with the focus.
-    pub fn decide_after(&self, typed_before: &str, request: &Request, now: SystemTime) -> Decision {
-        let mut decision = self.decide_for_window(typed_before, request, now);
+    fn decide_typed(&self, typed: &TypedText, request: &Request, now: SystemTime) -> Decision {
+        let mut decision = self.decide_for_window(typed.before(&request.window()), request, now);
         for window in &request.under_pointer {
-            let other = self.decide_for_window("", &request.in_window(window), now);
+            let other =
+                self.decide_for_window(typed.before(window), &request.in_window(window), now);
             // Stricter verdict first; between two asks, the one that may not be remembered.
             let strictness = |d: &Decision| (d.decision, !d.rememberable, d.session_only);
             if strictness(&other) > strictness(&decision) {
@@ -438,24 +521,36 @@ impl PolicyEngine {
             return locked_decision(errors, &request.action);
         }
         let facts = self.facts(request, typed_before);
-        let mut matched = floor_matches(&facts, &self.detectors, &self.own_files);
-        for file in &self.files {
-            for rule in file.rules.iter().filter(|r| r.matches(&facts)) {
-                matched.push(Match {
-                    id: rule.id.clone(),
-                    decision: rule.decision,
-                    layer: file.layer,
-                    source: file.source(rule.line),
-                    reason: rule.reason.clone(),
-                    rememberable: rule.remember != super::Remember::Never,
-                    session_only: rule.remember == super::Remember::Session,
-                });
+        let matching: Vec<(&PolicyFile, &Rule)> = self
+            .files
+            .iter()
+            .flat_map(|file| file.rules.iter().map(move |rule| (file, rule)))
+            .filter(|(_, rule)| rule.matches(&facts))
+            .collect();
+        let mut unlocks = Unlocks::default();
+        for (file, rule) in &matching {
+            if self.refuses_unlocks_of(file.layer).is_none() {
+                unlocks.add(rule, file.source(rule.line));
             }
+        }
+        let (mut matched, unlocked) =
+            floor_matches(&facts, &self.detectors, &self.own_files, &unlocks);
+        for (file, rule) in matching {
+            matched.push(Match {
+                id: rule.id.clone(),
+                decision: rule.decision,
+                layer: file.layer,
+                source: file.source(rule.line),
+                reason: rule.reason.clone(),
+                rememberable: rule.remember != super::Remember::Never,
+                session_only: rule.remember == super::Remember::Session,
+            });
         }
         if matched.is_empty() {
             matched = self.fallbacks(&facts);
         }
         let mut decision = combine(matched, &facts);
+        decision.unlocked = unlocked;
         if decision.decision == Verdict::Ask && decision.rememberable {
             self.apply_grants(&mut decision, request, now);
         }
@@ -496,7 +591,9 @@ impl PolicyEngine {
         }
         hits.sort_by(|a, b| a.name.cmp(&b.name));
 
+        let window_text = format!("{typed_before}{}", typed.as_deref().unwrap_or_default());
         Facts {
+            window_text,
             kind: action.kind(),
             // A drag that never leaves the pressed widget clicks it; a paste types.
             also_kind: if pastes {
@@ -619,7 +716,17 @@ impl PolicyEngine {
     /// The examples whose decision differs from what they expect, as errors.
     fn failing_examples(&self) -> Vec<PolicyError> {
         let mut failures = Vec::new();
+        // A user's examples describe the user's file, unlocks included; the admin's lock is
+        // reported as refusing them, and does not break the user's policy.
+        let unlocked = self.floor_lock.as_ref().map(|_| PolicyEngine {
+            floor_lock: None,
+            ..self.clone()
+        });
         for file in &self.files {
+            let judge = match &unlocked {
+                Some(engine) if file.layer != Layer::System => engine,
+                _ => self,
+            };
             for example in &file.examples {
                 let mut request = Request::new(example.action.clone())
                     .with_window(example.app.clone(), example.title.clone())
@@ -627,7 +734,7 @@ impl PolicyEngine {
                 if let Some((monitor, [x, y])) = example.point {
                     request.points = vec![NormalizedPoint { monitor, x, y }];
                 }
-                let decision = self.decide(&request);
+                let decision = judge.decide(&request);
                 if decision.decision != example.expect {
                     failures.push(PolicyError {
                         path: file.path.clone(),
@@ -680,8 +787,59 @@ fn add_hit(hits: &mut Vec<DetectorHit>, name: &str, secret: bool) {
     }
 }
 
-/// The built-in rules no file can remove.
-fn floor_matches(facts: &Facts, detectors: &Detectors, own_files: &[PathBuf]) -> Vec<Match> {
+/// The unlocks of the rules that match one request, by floor entry.
+#[derive(Default)]
+struct Unlocks {
+    /// (floor entry, what it unlocks, "rule 'ID' at FILE:LINE")
+    by: Vec<(FloorItem, Vec<String>, String)>,
+}
+
+impl Unlocks {
+    fn add(&mut self, rule: &Rule, source: String) {
+        for &item in &rule.unlock {
+            self.by.push((
+                item,
+                rule.unlocked(item),
+                format!("rule '{}' at {source}", rule.id),
+            ));
+        }
+    }
+
+    /// The rule that unlocks `name` (an intent, a detector, a chord) of `item`, if any.
+    fn of(&self, item: FloorItem, name: &str) -> Option<&str> {
+        self.by
+            .iter()
+            .find(|(i, names, _)| *i == item && names.iter().any(|n| n == name))
+            .map(|(_, _, by)| by.as_str())
+    }
+
+    /// Splits `names` into those still under the floor and, for those unlocked, the lines a
+    /// decision reports.
+    fn split<'n>(
+        &self,
+        item: FloorItem,
+        names: Vec<&'n str>,
+        unlocked: &mut Vec<String>,
+    ) -> Vec<&'n str> {
+        let mut locked = Vec::new();
+        for name in names {
+            match self.of(item, name) {
+                Some(by) => unlocked.push(format!("{} ({name}) unlocked by {by}", item.id())),
+                None => locked.push(name),
+            }
+        }
+        locked
+    }
+}
+
+/// The built-in rules no file can remove, less what matching rules unlock; and the unlocks
+/// that applied.
+fn floor_matches(
+    facts: &Facts,
+    detectors: &Detectors,
+    own_files: &[PathBuf],
+    unlocks: &Unlocks,
+) -> (Vec<Match>, Vec<String>) {
     let floor = |id: &str, decision: Verdict, reason: String| Match {
         id: id.to_owned(),
         decision,
@@ -692,6 +850,7 @@ fn floor_matches(facts: &Facts, detectors: &Detectors, own_files: &[PathBuf]) ->
         session_only: false,
     };
     let mut matched = Vec::new();
+    let mut unlocked = Vec::new();
     let secrets: Vec<&str> = facts
         .hits
         .iter()
@@ -699,15 +858,18 @@ fn floor_matches(facts: &Facts, detectors: &Detectors, own_files: &[PathBuf]) ->
         .map(|h| h.name.as_str())
         .collect();
     // Key presses that enter characters are typing too.
-    if facts.typed.is_some() && !secrets.is_empty() {
-        matched.push(floor(
-            "floor.secret_text",
-            Verdict::Deny,
-            format!(
-                "typing a detected secret ({}) is never allowed",
-                secrets.join(", ")
-            ),
-        ));
+    if facts.typed.is_some() {
+        let secrets = unlocks.split(FloorItem::Secret, secrets, &mut unlocked);
+        if !secrets.is_empty() {
+            matched.push(floor(
+                FloorItem::Secret.id(),
+                Verdict::Deny,
+                format!(
+                    "typing a detected secret ({}) is never allowed",
+                    secrets.join(", ")
+                ),
+            ));
+        }
     }
     if facts.paste_unread {
         matched.push(floor(
@@ -731,10 +893,13 @@ fn floor_matches(facts: &Facts, detectors: &Detectors, own_files: &[PathBuf]) ->
         ));
     }
     if let Some(chord) = &facts.chord
-        && SESSION_CHORDS.contains(&chord.as_str())
+        && is_session_chord(chord)
+        && !unlocks
+            .split(FloorItem::SessionChord, vec![chord.as_str()], &mut unlocked)
+            .is_empty()
     {
         matched.push(floor(
-            "floor.session_chord",
+            FloorItem::SessionChord.id(),
             Verdict::Deny,
             format!("{chord} kills, locks or leaves the desktop session"),
         ));
@@ -745,9 +910,10 @@ fn floor_matches(facts: &Facts, detectors: &Detectors, own_files: &[PathBuf]) ->
         .filter(|i| i.is_floor())
         .map(|i| i.name())
         .collect();
+    let risky = unlocks.split(FloorItem::RiskyIntent, risky, &mut unlocked);
     if !risky.is_empty() {
         matched.push(floor(
-            "floor.risky_intent",
+            FloorItem::RiskyIntent.id(),
             Verdict::Ask,
             format!(
                 "{} always asks, and the answer is never remembered",
@@ -755,7 +921,7 @@ fn floor_matches(facts: &Facts, detectors: &Detectors, own_files: &[PathBuf]) ->
             ),
         ));
     }
-    matched
+    (matched, unlocked)
 }
 
 /// Whether input goes to deskhand's own policy or grants: a window whose title names one of
@@ -844,6 +1010,7 @@ fn combine(matched: Vec<Match>, facts: &Facts) -> Decision {
         detector_hits: facts.hits.clone(),
         intents: facts.intents.clone(),
         grants: Vec::new(),
+        unlocked: Vec::new(),
     }
 }
 
@@ -888,6 +1055,7 @@ fn locked_decision(errors: &PolicyErrors, action: &Action) -> Decision {
         detector_hits: Vec::new(),
         intents: Vec::new(),
         grants: Vec::new(),
+        unlocked: Vec::new(),
     }
 }
 
@@ -944,27 +1112,38 @@ pub struct Checker {
     typed: TypedText,
 }
 
-/// What this run typed into each window (by app and title), the latest
-/// `TypedText::KEEP_CHARS` characters of it, so that text sent in pieces is judged whole.
+/// What this run typed into each window, the latest `TypedText::KEEP_CHARS` characters of it,
+/// so that text sent in pieces is judged whole. Windows are told apart by their X id where it
+/// is known, so a title that changes as the agent types (a composer titled by its subject)
+/// keeps its text; by app and title otherwise (requests replayed from old traces).
 #[derive(Debug, Default)]
 struct TypedText {
-    by_window: std::collections::HashMap<(Option<String>, Option<String>), String>,
+    by_window: std::collections::HashMap<WindowKey, String>,
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+enum WindowKey {
+    Id(u32),
+    Named(Option<String>, Option<String>),
 }
 
 impl TypedText {
     /// Enough for a command line or a card form; older text is forgotten.
     const KEEP_CHARS: usize = 4096;
 
-    fn key(request: &Request) -> (Option<String>, Option<String>) {
-        (
-            request.app.as_ref().map(|a| a.to_lowercase()),
-            request.title.clone(),
-        )
+    fn key(window: &WindowRef) -> WindowKey {
+        match window.id {
+            Some(id) => WindowKey::Id(id),
+            None => WindowKey::Named(
+                window.app.as_ref().map(|a| a.to_lowercase()),
+                window.title.clone(),
+            ),
+        }
     }
 
-    fn before(&self, request: &Request) -> &str {
+    fn before(&self, window: &WindowRef) -> &str {
         self.by_window
-            .get(&TypedText::key(request))
+            .get(&TypedText::key(window))
             .map_or("", String::as_str)
     }
 
@@ -981,7 +1160,10 @@ impl TypedText {
         if typed.is_none() && !erases {
             return;
         }
-        let text = self.by_window.entry(TypedText::key(request)).or_default();
+        let text = self
+            .by_window
+            .entry(TypedText::key(&request.window()))
+            .or_default();
         if erases {
             text.pop();
         }
@@ -1029,9 +1211,9 @@ impl Checker {
 
     pub fn check_at(&mut self, request: &Request, now: Instant) -> Decision {
         self.refresh_grants();
-        let mut decision =
-            self.engine
-                .decide_after(self.typed.before(request), request, SystemTime::now());
+        let mut decision = self
+            .engine
+            .decide_typed(&self.typed, request, SystemTime::now());
         if decision.decision == Verdict::Deny || request.action.is_terminal() {
             return decision;
         }
@@ -1122,7 +1304,7 @@ impl Policy for Checker {
     fn recheck(&mut self, request: &Request) -> Decision {
         self.refresh_grants();
         self.engine
-            .decide_after(self.typed.before(request), request, SystemTime::now())
+            .decide_typed(&self.typed, request, SystemTime::now())
     }
 
     fn answer(

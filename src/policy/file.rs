@@ -12,7 +12,7 @@ use regex::{Regex, RegexBuilder};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::rule::{AppGroup, AppMatcher, Region, Rule};
+use super::rule::{AppGroup, AppMatcher, FloorItem, Region, Rule};
 use super::{ACTION_KINDS, BudgetLimits, Intent, Preset, Remember, Verdict};
 use crate::input::{Action, Chord};
 
@@ -117,6 +117,8 @@ pub(super) struct PolicyFile {
     pub detectors: Vec<(String, Regex, bool)>,
     pub rules: Vec<Rule>,
     pub examples: Vec<Example>,
+    /// The line of `[floor] locked = true`, which only the system layer may write.
+    pub floor_locked: Option<usize>,
 }
 
 impl PolicyFile {
@@ -142,6 +144,13 @@ struct RawPolicy {
     detectors: BTreeMap<String, RawDetector>,
     #[serde(default)]
     rule: Vec<RawRule>,
+    floor: Option<Spanned<RawFloor>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFloor {
+    locked: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -186,6 +195,8 @@ struct RawRule {
     text_matches: Option<Vec<Spanned<String>>>,
     keys: Option<Vec<Spanned<String>>>,
     region: Option<Spanned<RawRegion>>,
+    window_text_matches: Option<Spanned<String>>,
+    unlock: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     example: Vec<Spanned<RawExample>>,
 }
@@ -286,6 +297,18 @@ pub(super) fn parse(path: &Path, text: &str, layer: Layer) -> Result<PolicyFile,
     }
 
     let budgets = compile_budgets(&raw.budgets, &at, &mut errors);
+
+    let floor_locked = match &raw.floor {
+        Some(floor) if layer != Layer::System => {
+            errors.push(at.error(
+                &floor.span(),
+                "[floor] belongs in the system policy (/etc/deskhand/policy.toml), where the workstation's admin locks the floor; a user's own file cannot lock or unlock it this way (unlock floor entries with a rule's `unlock`)",
+            ));
+            None
+        }
+        Some(floor) if floor.get_ref().locked => Some(at.line(&floor.span())),
+        _ => None,
+    };
 
     let mut apps = BTreeMap::new();
     for (name, app) in &raw.apps {
@@ -390,6 +413,7 @@ pub(super) fn parse(path: &Path, text: &str, layer: Layer) -> Result<PolicyFile,
             detectors,
             rules,
             examples,
+            floor_locked,
         })
     } else {
         Err(PolicyErrors(errors))
@@ -684,6 +708,16 @@ fn compile_rule(
             None
         }
     });
+    let window_text = raw.window_text_matches.as_ref().and_then(|t| {
+        compile_regex(
+            t,
+            true,
+            at,
+            &format!("rule '{id}': window_text_matches"),
+            errors,
+        )
+    });
+    let unlock = compile_unlock(raw, at, errors);
     Rule {
         id: id.clone(),
         decision: raw.decision,
@@ -697,7 +731,89 @@ fn compile_rule(
         text_matches,
         keys,
         region,
+        window_text,
+        unlock,
     }
+}
+
+/// Reads a rule's `unlock`: known floor entries only, each with the field that says what it
+/// unlocks, in a rule that allows or asks and has a scope. An unscoped unlock would switch
+/// that part of the floor off everywhere.
+fn compile_unlock(raw: &RawRule, at: &Positions, errors: &mut Vec<PolicyError>) -> Vec<FloorItem> {
+    let id = raw.id.get_ref();
+    let Some(names) = &raw.unlock else {
+        return Vec::new();
+    };
+    let mut items = Vec::new();
+    for name in names {
+        match FloorItem::parse(name.get_ref()) {
+            Some(item) if !items.contains(&item) => items.push(item),
+            Some(_) => {}
+            None => errors.push(at.error(
+                &name.span(),
+                format!(
+                    "rule '{id}': cannot unlock '{}'; a rule may unlock {} (deskhand's own files, Caps Lock and unreadable pastes stay locked)",
+                    name.get_ref(),
+                    FloorItem::ALL.map(FloorItem::id).join(", ")
+                ),
+            )),
+        }
+    }
+    let Some(first) = names.first() else {
+        errors.push(at.error(
+            &raw.id.span(),
+            format!(
+                "rule '{id}': unlock = [] unlocks nothing; remove it, or name what to unlock ({})",
+                FloorItem::ALL.map(FloorItem::id).join(", ")
+            ),
+        ));
+        return items;
+    };
+    let mut problem = |message: String| errors.push(at.error(&first.span(), message));
+    if raw.decision == Verdict::Deny {
+        problem(format!(
+            "rule '{id}': a deny rule has nothing to unlock; unlock with decision = \"allow\" or \"ask\""
+        ));
+    }
+    for item in &items {
+        let named = match item {
+            FloorItem::RiskyIntent => raw.intent.iter().flatten().any(|i| i.is_floor()),
+            FloorItem::Secret => raw.text_matches.as_ref().is_some_and(|t| !t.is_empty()),
+            FloorItem::SessionChord => raw.keys.iter().flatten().any(|k| {
+                Chord::parse(k.get_ref())
+                    .is_ok_and(|c| super::engine::is_session_chord(&c.normalized()))
+            }),
+        };
+        if !named {
+            let field = match item {
+                FloorItem::RiskyIntent => {
+                    "intent = [...] naming the floor intents it unlocks (send_email, send_message, purchase, payment, delete)"
+                }
+                FloorItem::Secret => "text_matches = [...] naming the detectors it unlocks",
+                FloorItem::SessionChord => {
+                    "keys = [...] naming the session chords it unlocks (ctrl+alt+l, super+l, ...)"
+                }
+            };
+            problem(format!("rule '{id}': unlock {} needs {field}", item.id()));
+        }
+    }
+    // The detectors a secret unlock names are what it unlocks, not where.
+    let scoped = raw.app.is_some()
+        || raw.title.is_some()
+        || raw.region.is_some()
+        || raw.window_text_matches.is_some()
+        || (raw.text_matches.is_some() && !items.contains(&FloorItem::Secret));
+    if !scoped {
+        problem(format!(
+            "rule '{id}': an unlock needs a scope (app, title, region, window_text_matches{}), or it would switch the floor off everywhere",
+            if items.contains(&FloorItem::Secret) {
+                ""
+            } else {
+                " or text_matches"
+            }
+        ));
+    }
+    items
 }
 
 #[cfg(test)]
@@ -832,6 +948,96 @@ intent = [\"send_email\"]
         assert!(matches!(&apps[0], AppMatcher::Group(g) if g.names == ["thunderbird"]));
         assert!(matches!(&apps[1], AppMatcher::Program(p) if p == "xterm"));
         assert_eq!(file.detectors.len(), 1);
+    }
+
+    #[test]
+    fn unlocks_need_what_they_unlock_a_scope_and_an_allow_or_ask() {
+        let rule = |id: &str, body: &str| {
+            format!("[[rule]]\nid = \"{id}\"\ndecision = \"allow\"\nreason = \"r\"\n{body}\n")
+        };
+        let text = format!(
+            "{HEAD}{}{}{}{}{}{}{}{}",
+            rule(
+                "no-scope",
+                "intent = [\"send_email\"]\nunlock = [\"floor.risky_intent\"]"
+            ),
+            rule(
+                "own-files",
+                "app = [\"vim\"]\nunlock = [\"floor.own_files\"]"
+            ),
+            rule(
+                "no-floor-intent",
+                "app = [\"vim\"]\nintent = [\"login\"]\nunlock = [\"floor.risky_intent\"]"
+            ),
+            rule(
+                "no-detector",
+                "app = [\"vim\"]\nunlock = [\"floor.secret\"]"
+            ),
+            rule(
+                "secret-unscoped",
+                "text_matches = [\"card_number\"]\nunlock = [\"floor.secret\"]"
+            ),
+            rule(
+                "no-session-chord",
+                "app = [\"vim\"]\nkeys = [\"ctrl+s\"]\nunlock = [\"floor.session_chord\"]"
+            ),
+            rule("empty", "app = [\"vim\"]\nunlock = []"),
+            "[[rule]]\nid = \"deny\"\ndecision = \"deny\"\nreason = \"r\"\napp = [\"vim\"]\nintent = [\"delete\"]\nunlock = [\"floor.risky_intent\"]\n",
+        );
+        let errors = errors_of(&text);
+        for (rule, words) in [
+            ("no-scope", "an unlock needs a scope"),
+            ("own-files", "cannot unlock 'floor.own_files'"),
+            ("no-floor-intent", "needs intent = [...]"),
+            ("no-detector", "needs text_matches = [...]"),
+            ("secret-unscoped", "an unlock needs a scope"),
+            ("no-session-chord", "needs keys = [...]"),
+            ("empty", "unlock = [] unlocks nothing"),
+            ("deny", "a deny rule has nothing to unlock"),
+        ] {
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.contains(&format!("rule '{rule}'")) && e.contains(words)),
+                "no error for rule {rule} containing {words:?} in {errors:#?}"
+            );
+        }
+        // Each names its file and line.
+        assert!(
+            errors.iter().all(|e| e.starts_with("policy.toml:")),
+            "{errors:#?}"
+        );
+
+        // Scoped by a detector that is not what it unlocks, by a window's text or a region.
+        for body in [
+            "intent = [\"send_email\"]\ntext_matches = [\"iban\"]\nunlock = [\"floor.risky_intent\"]",
+            "intent = [\"send_email\"]\nwindow_text_matches = '@example\\.com'\nunlock = [\"floor.risky_intent\"]",
+            "keys = [\"super+l\"]\nregion = { monitor = 0, rect = [0.0, 0.0, 0.5, 0.5] }\nunlock = [\"floor.session_chord\"]",
+        ] {
+            let file = parse_text(&format!("{HEAD}{}", rule("ok", body)))
+                .unwrap_or_else(|e| panic!("{body}: {e}"));
+            assert_eq!(file.rules[0].unlock.len(), 1);
+        }
+    }
+
+    #[test]
+    fn only_the_system_layer_locks_the_floor() {
+        let text = format!("{HEAD}[floor]\nlocked = true\n");
+        let system = parse(Path::new("system.toml"), &text, Layer::System).unwrap();
+        assert_eq!(system.floor_locked, Some(3));
+        let errors = errors_of(&text);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("[floor] belongs in the system policy"),
+            "{errors:?}"
+        );
+        let unlocked = format!("{HEAD}[floor]\nlocked = false\n");
+        assert_eq!(
+            parse(Path::new("s.toml"), &unlocked, Layer::System)
+                .unwrap()
+                .floor_locked,
+            None
+        );
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub use budget::{BudgetExceeded, BudgetLimits, BudgetTracker};
 pub use detect::{BUILTIN_DETECTORS, DetectorHit, Detectors, password_context};
 pub use engine::{
     Answer, AnswerError, Checker, Decision, Match, Policy, PolicyEngine, PolicyPaths,
-    PolicyPathsError,
+    PolicyPathsError, Unlock,
 };
 pub use file::{Layer, PolicyError, PolicyErrors, SCHEMA_VERSION};
 pub use grants::{Grant, GrantError, GrantScope, GrantStore};

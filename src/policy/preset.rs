@@ -95,8 +95,10 @@ const STARTER: &str = r#"# deskhand policy: decides every action the model propo
 #   file, remembered grants, this session's answers). The strictest wins: deny, then ask, then
 #   allow. Rule order does not matter.
 # - [defaults] decide only when no rule matched; the preset decides when nothing else does.
-# - A floor that no rule can remove: typing a detected secret is denied; chords that kill or
-#   end the session are denied; send_*, purchase, payment and delete ask, every time.
+# - A floor under every preset and grant: typing a detected secret is denied; chords that kill
+#   or end the session are denied; send_*, purchase, payment and delete ask, every time. Only a
+#   scoped rule of yours can `unlock` part of it (see the end of this file), and the system
+#   layer can lock even that with [floor] locked = true.
 #
 # Check this file with `deskhand policy check`; try an action with
 # `deskhand policy explain '{"action":"type","text":"ls"}' --app xterm`.
@@ -150,7 +152,8 @@ secret = false
 # names: card_number, iban, api_token, private_key, password_context and your own), keys
 # (chords such as "ctrl+q"), region (a monitor and a rectangle in fractions of it).
 # remember = "never" stops an answer from being remembered at all; remember = "session"
-# lets it last for this run only.
+# lets it last for this run only. window_text_matches is a regex over what this run typed into
+# the window, Tab and Return as \t and \n.
 
 [[rule]]
 id = "editor-is-free"
@@ -243,6 +246,21 @@ id = "employee-ids"
 decision = "ask"
 reason = "employee ids belong to HR forms only"
 text_matches = ["employee_id", "iban"]
+
+# Your own level of risk: a rule may unlock floor.risky_intent (for the floor intents in its
+# `intent`), floor.secret (for the detectors in its `text_matches`) or floor.session_chord (for
+# the session chords in its `keys`), within a scope (app, title, region, window_text_matches).
+# Every run starts by listing your unlocks. For example, mail to your team, sent unasked:
+#
+# [[rule]]
+# id = "mail-to-my-team"
+# decision = "allow"
+# reason = "I send mail to my team myself every day"
+# intent = ["send_email"]
+# app = ["thunderbird"]
+# title = '^Write: '
+# window_text_matches = '^[a-z.]+@example\.com\t'
+# unlock = ["floor.risky_intent"]
 "#;
 
 #[cfg(test)]

@@ -17,14 +17,17 @@ pub struct NormalizedPoint {
     pub y: f64,
 }
 
-/// A window as the policy sees it: its program and title.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A window as the policy sees it: its program and title, and its X id where known (what this
+/// run typed into it is kept by id).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WindowRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u32>,
 }
 
 /// One proposed action and its context. It is recorded in every trace step, so a later policy
@@ -39,6 +42,9 @@ pub struct Request {
     /// The active window's title. Web pages set it, so rules use it as secondary evidence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub title: Option<String>,
+    /// The active window's X id, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_id: Option<u32>,
     /// The windows under the action's points, where they are not the active window: a click
     /// reaches the window under the pointer, whichever has the focus. The policy decides for
     /// each of them too, and the strictest decision wins.
@@ -75,6 +81,7 @@ impl Request {
             action,
             app: None,
             title: None,
+            window_id: None,
             under_pointer: Vec::new(),
             pasted: None,
             points: Vec::new(),
@@ -90,17 +97,31 @@ impl Request {
         self
     }
 
-    /// Records the windows under the action's points; the active window itself is left out.
-    pub fn with_windows_under_pointer(mut self, windows: Vec<WindowRef>) -> Request {
-        let active = WindowRef {
+    /// The active window, as `with_window_ref` set it.
+    pub fn with_window_ref(self, window: WindowRef) -> Request {
+        let mut request = self.with_window(window.app, window.title);
+        request.window_id = window.id;
+        request
+    }
+
+    /// The active window.
+    pub fn window(&self) -> WindowRef {
+        WindowRef {
             app: self.app.clone(),
             title: self.title.clone(),
-        };
+            id: self.window_id,
+        }
+    }
+
+    /// Records the windows under the action's points; the active window itself is left out.
+    pub fn with_windows_under_pointer(mut self, windows: Vec<WindowRef>) -> Request {
+        let active = self.window();
         self.under_pointer = Vec::new();
         for window in windows {
             let window = WindowRef {
                 app: window.app.filter(|a| !a.is_empty()),
                 title: window.title.filter(|t| !t.is_empty()),
+                id: window.id,
             };
             if window != active && !self.under_pointer.contains(&window) {
                 self.under_pointer.push(window);
@@ -114,6 +135,7 @@ impl Request {
         let mut request = self.clone();
         request.app = window.app.clone();
         request.title = window.title.clone();
+        request.window_id = window.id;
         request.under_pointer.clear();
         request
     }

@@ -25,6 +25,9 @@ pub(super) struct Facts<'a> {
     pub intents: Vec<Intent>,
     pub hits: Vec<DetectorHit>,
     pub points: &'a [NormalizedPoint],
+    /// Everything this run typed into the window, this action's text included, in the order
+    /// it was typed (Tab and Return as `\t` and `\n`). `window_text_matches` reads it.
+    pub window_text: String,
 }
 
 /// A named `[apps.NAME]` group.
@@ -77,6 +80,39 @@ impl Region {
     }
 }
 
+/// A floor entry that a rule may unlock within its scope. The other floor entries (deskhand's
+/// own files, Caps Lock, an unreadable paste) guard deskhand itself and cannot be unlocked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FloorItem {
+    /// The ask for sending, buying, paying and deleting: for the rule's floor intents.
+    RiskyIntent,
+    /// The deny for typing a detected secret: for the detectors in the rule's `text_matches`.
+    Secret,
+    /// The deny for chords that end the session: for the session chords in the rule's `keys`.
+    SessionChord,
+}
+
+impl FloorItem {
+    pub const ALL: [FloorItem; 3] = [
+        FloorItem::RiskyIntent,
+        FloorItem::Secret,
+        FloorItem::SessionChord,
+    ];
+
+    /// The floor entry's id, as decisions name it and `unlock` spells it.
+    pub fn id(self) -> &'static str {
+        match self {
+            FloorItem::RiskyIntent => "floor.risky_intent",
+            FloorItem::Secret => "floor.secret",
+            FloorItem::SessionChord => "floor.session_chord",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<FloorItem> {
+        FloorItem::ALL.into_iter().find(|item| item.id() == name)
+    }
+}
+
 /// One `[[rule]]`. Every present field must match; within a list, any item may.
 #[derive(Debug, Clone)]
 pub(super) struct Rule {
@@ -92,6 +128,11 @@ pub(super) struct Rule {
     pub text_matches: Option<Vec<String>>,
     pub keys: Option<Vec<String>>,
     pub region: Option<Region>,
+    /// Matched against `Facts::window_text`.
+    pub window_text: Option<Regex>,
+    /// The floor entries this rule unlocks where it matches (unless the system layer locks
+    /// the floor).
+    pub unlock: Vec<FloorItem>,
 }
 
 impl Rule {
@@ -125,6 +166,35 @@ impl Rule {
                 .region
                 .as_ref()
                 .is_none_or(|r| self.region_holds(r, facts))
+            && self
+                .window_text
+                .as_ref()
+                .is_none_or(|t| t.is_match(&facts.window_text))
+    }
+
+    /// What this rule unlocks of `item`, as the names a decision reports: the floor intents
+    /// in its `intent`, the detectors in its `text_matches`, the session chords in its `keys`.
+    pub fn unlocked(&self, item: FloorItem) -> Vec<String> {
+        if !self.unlock.contains(&item) {
+            return Vec::new();
+        }
+        match item {
+            FloorItem::RiskyIntent => self
+                .intents
+                .iter()
+                .flatten()
+                .filter(|i| i.is_floor())
+                .map(|i| i.name().to_owned())
+                .collect(),
+            FloorItem::Secret => self.text_matches.clone().unwrap_or_default(),
+            FloorItem::SessionChord => self
+                .keys
+                .iter()
+                .flatten()
+                .filter(|chord| super::engine::is_session_chord(chord))
+                .cloned()
+                .collect(),
+        }
     }
 
     /// A rule that allows speaks only for actions that stay inside its region, every drag

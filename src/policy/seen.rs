@@ -1,5 +1,5 @@
 //! Which policy files changed since the last run. Every run records a digest of each policy
-//! file (the system's and the user's); the next run names the ones that differ. Whoever
+//! file (the system's, the user's and the grants); the next run names the ones that differ. Whoever
 //! changed them, you or something that got past the floor, the change is said out loud at the
 //! next start instead of passing unnoticed.
 

@@ -283,7 +283,7 @@ fn the_floor_denies_secrets_and_session_chords_whatever_the_rules_say() {
     let engine = user_engine(&allow_all);
     let decision = engine.decide(&typed(&format!("card: {CARD}")));
     assert_eq!(decision.decision, Verdict::Deny);
-    assert_eq!(decision.rule.as_deref(), Some("floor.secret_text"));
+    assert_eq!(decision.rule.as_deref(), Some("floor.secret"));
     assert_eq!(decision.layer, Layer::Floor);
     for chord in ["ctrl+alt+BackSpace", "super+l", "ctrl+alt+f3", "alt+Print"] {
         let decision = engine.decide(&key(chord));
@@ -628,7 +628,7 @@ fn decisions_serialize_with_decision_and_rule_and_never_the_secret() {
     let decision = engine.decide(&typed(&format!("pay with {CARD} now")));
     let json: serde_json::Value = serde_json::to_value(&decision).unwrap();
     assert_eq!(json["decision"], "deny");
-    assert_eq!(json["rule"], "floor.secret_text");
+    assert_eq!(json["rule"], "floor.secret");
     assert_eq!(json["detector_hits"][0]["name"], "card_number");
     let text = json.to_string();
     assert!(!text.contains("4111"), "{text}");
@@ -915,7 +915,7 @@ fn keys_into_a_password_prompt_are_secret_typing() {
     for chord in ["h", "shift+u", "space", "Return"] {
         let decision = engine.decide(&in_app(key(chord), "pinentry-gtk-2", Some("Passphrase")));
         assert_eq!(decision.decision, Verdict::Deny, "{chord}");
-        assert_eq!(decision.rule.as_deref(), Some("floor.secret_text"));
+        assert_eq!(decision.rule.as_deref(), Some("floor.secret"));
     }
 }
 
@@ -951,7 +951,7 @@ fn text_sent_in_pieces_is_judged_whole() {
     assert_eq!(send(form(typed("4111 1111"))).decision, Verdict::Allow);
     let second = send(form(typed(" 1111 1111")));
     assert_eq!(second.decision, Verdict::Deny);
-    assert_eq!(second.rule.as_deref(), Some("floor.secret_text"));
+    assert_eq!(second.rule.as_deref(), Some("floor.secret"));
     // Another window has its own record.
     assert_eq!(
         send(in_app(typed(" 1111 1111"), "gedit", Some("notes"))).decision,
@@ -1169,6 +1169,7 @@ fn a_pointer_action_is_decided_for_the_window_under_the_pointer_too() {
     let composer = WindowRef {
         app: Some("thunderbird".into()),
         title: Some("Write: (no subject) - Thunderbird".into()),
+        id: None,
     };
     let click_in_browser = in_app(click(), "firefox", Some("Example Domain"));
     assert_eq!(verdict(&engine, &click_in_browser), Verdict::Allow);
@@ -1188,6 +1189,7 @@ fn a_pointer_action_is_decided_for_the_window_under_the_pointer_too() {
         WindowRef {
             app: Some("firefox".into()),
             title: Some("Example Domain".into()),
+            id: None,
         },
     ]);
     assert!(same.under_pointer.is_empty());
@@ -1209,7 +1211,7 @@ fn a_paste_is_judged_as_the_text_it_inserts() {
     // A secret pasted is a secret typed, and into a password prompt anything is.
     let card = engine.decide(&paste("ctrl+v", "firefox", "Notes", Some(CARD)));
     assert_eq!(card.decision, Verdict::Deny);
-    assert_eq!(card.rule.as_deref(), Some("floor.secret_text"));
+    assert_eq!(card.rule.as_deref(), Some("floor.secret"));
     let password = engine.decide(&paste(
         "shift+Insert",
         "pinentry-qt",
@@ -1242,4 +1244,248 @@ fn a_paste_is_judged_as_the_text_it_inserts() {
         verdict(&engine, &paste("ctrl+v", "gedit", "notes", Some("hello"))),
         Verdict::Allow
     );
+}
+
+const MAIL_UNLOCK: &str = "[[rule]]
+id = \"mail-to-my-team\"
+decision = \"allow\"
+reason = \"I send mail to my team myself every day\"
+intent = [\"send_email\"]
+app = [\"thunderbird\"]
+title = '^Write: '
+unlock = [\"floor.risky_intent\"]
+";
+
+fn composer_click() -> Request {
+    in_app(click(), "thunderbird", Some("Write: hello - Thunderbird"))
+}
+
+#[test]
+fn a_scoped_unlock_lets_its_rule_decide_what_the_floor_asked() {
+    let engine = user_engine(&policy("balanced", MAIL_UNLOCK));
+    let decision = engine.decide(&composer_click());
+    assert_eq!(decision.decision, Verdict::Allow, "{decision:?}");
+    assert_eq!(decision.rule.as_deref(), Some("mail-to-my-team"));
+    assert_eq!(
+        decision.unlocked,
+        vec![
+            "floor.risky_intent (send_email) unlocked by rule 'mail-to-my-team' at user.toml:4"
+                .to_owned()
+        ]
+    );
+    assert!(
+        decision.matched.iter().all(|m| m.layer != Layer::Floor),
+        "{decision:?}"
+    );
+
+    // Out of its scope the floor asks as before: another app, another title.
+    for outside in [
+        in_app(click(), "firefox", Some("Write: hello - Thunderbird")),
+        in_app(click(), "thunderbird", Some("Compose: hello")),
+    ] {
+        let decision = engine.decide(&outside.clone().with_intent(Intent::SendEmail));
+        assert_eq!(decision.decision, Verdict::Ask, "{outside:?}");
+        assert_eq!(decision.rule.as_deref(), Some("floor.risky_intent"));
+        assert!(decision.unlocked.is_empty());
+        assert!(!decision.rememberable);
+    }
+
+    // Only the intents it names: a delete in the same composer still asks.
+    let decision = engine.decide(&composer_click().with_intent(Intent::Delete));
+    assert_eq!(decision.decision, Verdict::Ask);
+    assert_eq!(decision.rule.as_deref(), Some("floor.risky_intent"));
+    assert!(
+        decision.reason.starts_with("delete always asks"),
+        "{decision:?}"
+    );
+    assert_eq!(decision.unlocked.len(), 1, "send_email itself was unlocked");
+
+    // The check lists it, with its rule and line.
+    let unlocks = engine.unlocks();
+    assert_eq!(unlocks.len(), 1);
+    assert_eq!(
+        unlocks[0].to_string(),
+        "unlocked: floor.risky_intent (send_email) (now allow) by rule 'mail-to-my-team' at user.toml:4"
+    );
+}
+
+#[test]
+fn an_unlocking_rule_that_asks_is_remembered_as_it_says_and_grants_never_unlock() {
+    let rules = MAIL_UNLOCK
+        .replace("decision = \"allow\"", "decision = \"ask\"")
+        .replace("unlock = ", "remember = \"session\"\nunlock = ");
+    let engine = user_engine(&policy("balanced", &rules));
+    let mut checker = Checker::new(engine, None);
+    let request = composer_click();
+    let decision = checker.check(&request);
+    assert_eq!(decision.decision, Verdict::Ask);
+    assert_eq!(decision.rule.as_deref(), Some("mail-to-my-team"));
+    assert!(
+        decision.rememberable && decision.session_only,
+        "{decision:?}"
+    );
+    assert!(matches!(
+        checker.answer(&request, &decision, Answer::Always),
+        Err(AnswerError::SessionOnly(_))
+    ));
+    assert_eq!(
+        checker
+            .answer(&request, &decision, Answer::Session)
+            .unwrap(),
+        Verdict::Allow
+    );
+    let again = checker.check(&request);
+    assert_eq!(again.decision, Verdict::Allow);
+    assert_eq!(again.layer, Layer::Session);
+
+    // The session answer was for the rule's ask. Out of the rule's scope the floor asks, and
+    // no answer, remembered or not, stands in for an unlock.
+    let outside =
+        in_app(click(), "thunderbird", Some("Inbox - Thunderbird")).with_intent(Intent::SendEmail);
+    let decision = checker.check(&outside);
+    assert_eq!(decision.decision, Verdict::Ask, "{decision:?}");
+    assert_eq!(decision.rule.as_deref(), Some("floor.risky_intent"));
+    assert!(decision.grants.is_empty() && !decision.rememberable);
+}
+
+#[test]
+fn the_system_layer_locks_the_floor_against_the_users_unlocks() {
+    let system = policy("balanced", "[floor]\nlocked = true\n");
+    let user = format!(
+        "{MAIL_UNLOCK}[[rule.example]]\naction = {{ action = \"click\", x = 1, y = 1 }}\napp = \"thunderbird\"\ntitle = \"Write: hi\"\nexpect = \"allow\"\n"
+    );
+    // The user's example describes the user's file: the lock does not break the policy.
+    let engine = layered_engine(Some(&system), &policy("balanced", &user));
+    let decision = engine.decide(&composer_click());
+    assert_eq!(decision.decision, Verdict::Ask, "{decision:?}");
+    assert_eq!(decision.rule.as_deref(), Some("floor.risky_intent"));
+    assert!(decision.unlocked.is_empty());
+    let unlocks = engine.unlocks();
+    assert_eq!(unlocks.len(), 1);
+    let lock = unlocks[0].refused_by.clone().unwrap_or_default();
+    assert!(lock.starts_with("system.toml:"), "{lock}");
+    assert_eq!(
+        unlocks[0].to_string(),
+        format!(
+            "refused unlock: floor.risky_intent (send_email) by rule 'mail-to-my-team' at user.toml:4: the floor is locked by {lock}, so it stays in force"
+        )
+    );
+
+    // The admin's own unlocks stand.
+    let system = policy(
+        "balanced",
+        &format!("[floor]\nlocked = true\n{MAIL_UNLOCK}"),
+    );
+    let engine = layered_engine(Some(&system), &policy("balanced", ""));
+    assert_eq!(verdict(&engine, &composer_click()), Verdict::Allow);
+    assert_eq!(engine.unlocks()[0].refused_by, None);
+
+    // Without the lock, the same user file unlocks.
+    let engine = layered_engine(
+        Some(&policy("balanced", "")),
+        &policy("balanced", MAIL_UNLOCK),
+    );
+    assert_eq!(verdict(&engine, &composer_click()), Verdict::Allow);
+}
+
+#[test]
+fn secrets_and_session_chords_unlock_only_what_they_name() {
+    let engine = user_engine(&policy(
+        "permissive",
+        "[[rule]]
+id = \"card-in-shop\"
+decision = \"allow\"
+reason = \"my own card, in my own shop's till\"
+text_matches = [\"card_number\"]
+app = [\"till\"]
+unlock = [\"floor.secret\"]
+
+[[rule]]
+id = \"lock-screen-in-kiosk\"
+decision = \"ask\"
+reason = \"the kiosk may lock itself\"
+keys = [\"super+l\"]
+app = [\"kiosk\"]
+unlock = [\"floor.session_chord\"]
+",
+    ));
+    let card = engine.decide(&in_app(typed(CARD), "till", None));
+    assert_eq!(card.decision, Verdict::Allow, "{card:?}");
+    assert_eq!(card.unlocked.len(), 1);
+    assert!(
+        card.unlocked[0].starts_with("floor.secret (card_number) unlocked by rule 'card-in-shop'")
+    );
+    // Another secret in the same text is still denied; so is the card elsewhere.
+    let both = engine.decide(&in_app(
+        typed(&format!("{CARD} AKIAIOSFODNN7EXAMPLE")),
+        "till",
+        None,
+    ));
+    assert_eq!(both.decision, Verdict::Deny);
+    assert!(both.reason.contains("api_token") && !both.reason.contains("card_number"));
+    assert_eq!(
+        verdict(&engine, &in_app(typed(CARD), "firefox", None)),
+        Verdict::Deny
+    );
+
+    let lock = engine.decide(&in_app(key("super+l"), "kiosk", None));
+    assert_eq!(lock.decision, Verdict::Ask);
+    assert_eq!(lock.rule.as_deref(), Some("lock-screen-in-kiosk"));
+    assert_eq!(
+        verdict(&engine, &in_app(key("ctrl+alt+delete"), "kiosk", None)),
+        Verdict::Deny
+    );
+    assert_eq!(
+        verdict(&engine, &in_app(key("super+l"), "xterm", None)),
+        Verdict::Deny
+    );
+}
+
+#[test]
+fn window_text_matches_reads_what_this_run_typed_into_that_window() {
+    let rules = MAIL_UNLOCK.replace(
+        "unlock = ",
+        "window_text_matches = '^[a-z.]+@interconnects\\.ai\\t'\nunlock = ",
+    );
+    let engine = user_engine(&policy("balanced", &rules));
+    let mut checker = Checker::new(engine, None);
+    let mut send = |request: Request| {
+        let decision = checker.check(&request);
+        if decision.decision == Verdict::Allow {
+            checker.executed(&request, &decision);
+        }
+        decision
+    };
+    let window = |id: u32, title: &str, r: Request| {
+        r.with_window_ref(WindowRef {
+            app: Some("thunderbird".into()),
+            title: Some(title.into()),
+            id: Some(id),
+        })
+    };
+    let fresh = "Write: (no subject) - Thunderbird";
+    let titled = "Write: hello - Thunderbird";
+    // The composer retitles itself as the subject is typed; its text stays its own.
+    for (title, request) in [
+        (fresh, typed("nathan@interconnects.ai")),
+        (fresh, key("tab")),
+        (fresh, typed("hello")),
+        (titled, key("tab")),
+        (titled, typed("Hello Nathan")),
+    ] {
+        assert_eq!(send(window(7, title, request)).decision, Verdict::Allow);
+    }
+    let send_click = send(window(7, titled, click()));
+    assert_eq!(send_click.decision, Verdict::Allow, "{send_click:?}");
+    assert_eq!(send_click.unlocked.len(), 1);
+
+    // Another composer with the same title, where nothing was typed: the floor asks.
+    assert_eq!(send(window(8, titled, click())).decision, Verdict::Ask);
+    // One addressed to someone else asks too.
+    for request in [typed("nathan@example.com"), key("tab")] {
+        send(window(9, titled, request));
+    }
+    let other = send(window(9, titled, click()));
+    assert_eq!(other.decision, Verdict::Ask);
+    assert_eq!(other.rule.as_deref(), Some("floor.risky_intent"));
 }

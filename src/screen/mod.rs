@@ -143,6 +143,13 @@ pub trait Screen {
     /// selected, `None` when it cannot be read (no answer in time, not text, too large).
     fn selection_text(&self, selection: Selection) -> Result<Option<String>, ScreenError>;
 
+    /// Whether Caps Lock is on now. Typed letters then arrive in the other case than the policy
+    /// judged them (a lower-case key id becomes a real one), so nothing is typed while it is.
+    /// A display that cannot have it says no.
+    fn caps_lock(&self) -> Result<bool, ScreenError> {
+        Ok(false)
+    }
+
     /// The distinct windows under `points`, in order of first appearance.
     fn windows_at(&self, points: &[ScreenPoint]) -> Result<Vec<ActiveWindow>, ScreenError> {
         let mut windows: Vec<ActiveWindow> = Vec::new();

@@ -15,8 +15,8 @@ use x11rb::protocol::randr::ConnectionExt as _;
 use x11rb::protocol::res::{ClientIdMask, ClientIdSpec, ConnectionExt as _};
 use x11rb::protocol::shm::ConnectionExt as _;
 use x11rb::protocol::xproto::{
-    AtomEnum, ConnectionExt as _, CreateWindowAux, ImageFormat, ImageOrder, InputFocus, Window,
-    WindowClass,
+    AtomEnum, ConnectionExt as _, CreateWindowAux, ImageFormat, ImageOrder, InputFocus, KeyButMask,
+    Window, WindowClass,
 };
 use x11rb::rust_connection::RustConnection;
 
@@ -600,6 +600,16 @@ impl Screen for X11Screen {
         }
     }
 
+    fn caps_lock(&self) -> Result<bool, ScreenError> {
+        let reply = self
+            .conn
+            .query_pointer(self.root)
+            .map_err(protocol)?
+            .reply()
+            .map_err(protocol)?;
+        Ok(u16::from(reply.mask) & u16::from(KeyButMask::LOCK) != 0)
+    }
+
     fn window_at(&self, point: ScreenPoint) -> Result<Option<ActiveWindow>, ScreenError> {
         // X coordinates are 16-bit; a point outside that range is on no window.
         let (Ok(x), Ok(y)) = (i16::try_from(point.x), i16::try_from(point.y)) else {
@@ -628,20 +638,47 @@ impl X11Screen {
                 self.text_property(window, AtomEnum::WM_NAME.into(), AtomEnum::STRING.into())
             })
             .unwrap_or_default();
-        let wm_class = self.wm_class(window).map(|(_, class)| class);
+        let class = self.wm_class(window);
         let pid = self.window_pid(window);
-        let process_name = pid.and_then(process_name);
-        let app_name = process_name
-            .or_else(|| wm_class.clone())
-            .unwrap_or_else(|| "unknown".into());
+        let app_name = app_name(pid.and_then(process_name), class.as_ref());
         ActiveWindow {
             app_name,
             title,
             pid,
-            wm_class,
+            wm_class: class.map(|(_, class)| class),
             window_id: window,
         }
     }
+}
+
+/// The program a window belongs to: the executable's name, unless that is an interpreter
+/// (terminator and guake run as python3.x, a Node app as node), which says nothing about the
+/// window; then WM_CLASS's instance name, lower case. WM_CLASS is what the client says about
+/// itself, so it is only taken where the executable says nothing.
+fn app_name(process: Option<String>, class: Option<&(String, String)>) -> String {
+    let from_class = || {
+        class
+            .map(|(instance, class)| if instance.is_empty() { class } else { instance })
+            .filter(|name| !name.is_empty())
+            .map(|name| name.to_lowercase())
+    };
+    match process {
+        Some(name) if is_interpreter(&name) => from_class().unwrap_or(name),
+        Some(name) => name,
+        None => class
+            .map(|(_, class)| class.clone())
+            .filter(|c| !c.is_empty())
+            .unwrap_or_else(|| "unknown".into()),
+    }
+}
+
+/// Executables that run a program written in their language: `python3.12` is `python`.
+fn is_interpreter(executable: &str) -> bool {
+    let base = executable.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
+    matches!(
+        base,
+        "python" | "perl" | "ruby" | "node" | "nodejs" | "gjs" | "java" | "wish" | "tclsh" | "lua"
+    )
 }
 
 /// The executable's file name: /proc/PID/exe names the real binary (argv[0] can say anything,
@@ -727,5 +764,40 @@ impl Drop for ShmSegment {
         unsafe {
             libc::shmdt(self.addr);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class(instance: &str, class: &str) -> Option<(String, String)> {
+        Some((instance.to_owned(), class.to_owned()))
+    }
+
+    #[test]
+    fn an_interpreter_names_its_window_by_class_and_nothing_else_does() {
+        // terminator and guake are Python programs: their executable is python3.x.
+        for exe in ["python3.11", "python3", "python", "node", "perl5.36", "gjs"] {
+            assert_eq!(
+                app_name(Some(exe.into()), class("terminator", "Terminator").as_ref()),
+                "terminator",
+                "{exe}"
+            );
+        }
+        assert_eq!(
+            app_name(Some("python3.11".into()), class("", "Guake").as_ref()),
+            "guake"
+        );
+        assert_eq!(app_name(Some("python3.11".into()), None), "python3.11");
+        // A real executable keeps its name whatever the window says about itself.
+        for exe in ["xterm", "firefox", "python-editor", "nodejs-app"] {
+            assert_eq!(
+                app_name(Some(exe.into()), class("code", "Code").as_ref()),
+                exe
+            );
+        }
+        assert_eq!(app_name(None, class("xterm", "XTerm").as_ref()), "XTerm");
+        assert_eq!(app_name(None, None), "unknown");
     }
 }

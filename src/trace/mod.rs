@@ -46,6 +46,10 @@ pub struct RunStart {
     pub dry_run: bool,
     pub max_steps: u32,
     pub images: usize,
+    /// The floor entries the policy unlocks, each with its rule and `file:line`, and the
+    /// unlocks the system layer's lock refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unlocks: Vec<String>,
 }
 
 /// How long each stage of a step took, in milliseconds.

@@ -153,6 +153,9 @@ fn header(
             out.push_str("<dl>");
             dl_row(out, "Engine", &s.engine)?;
             dl_row(out, "Policy", &s.policy)?;
+            for unlock in &s.unlocks {
+                dl_row(out, "Floor", unlock)?;
+            }
             dl_row(out, "Monitor", &s.monitor)?;
             dl_row(out, "Started", &s.started)?;
             let mode = if s.dry_run {
@@ -381,6 +384,9 @@ fn decision_block(
             "<div>Allowed by grant: {}</div>",
             esc(&d.grants.join(", "))
         )?;
+    }
+    for unlock in &d.unlocked {
+        write!(out, "<div><b>Floor unlocked:</b> {}</div>", esc(unlock))?;
     }
     if !d.detector_hits.is_empty() {
         let hits: Vec<String> = d
@@ -902,6 +908,7 @@ mod tests {
             rememberable: false,
             session_only: false,
             matched: Vec::new(),
+            unlocked: Vec::new(),
             detector_hits: Vec::new(),
             intents: Vec::new(),
             grants: Vec::new(),
@@ -953,6 +960,9 @@ mod tests {
                 dry_run: false,
                 max_steps: 20,
                 images: 2,
+                unlocks: vec![
+                    "unlocked: floor.risky_intent (send_email) (now allow) by rule 'mail-to-my-team' at policy.toml:9".into(),
+                ],
             }),
             step(
                 1,

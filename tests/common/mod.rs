@@ -85,6 +85,17 @@ impl TestWindow {
         title: &str,
         program: Option<&str>,
     ) -> TestWindow {
+        TestWindow::open_with(display, geometry, title, program, &[])
+    }
+
+    /// `open_as`, with more arguments for the test window (`--mail`, `--banner TEXT`).
+    pub fn open_with(
+        display: &VirtualDisplay,
+        geometry: &str,
+        title: &str,
+        program: Option<&str>,
+        extra: &[&str],
+    ) -> TestWindow {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("testwin.jsonl");
         let binary = match program {
@@ -105,6 +116,7 @@ impl TestWindow {
                 "--title",
                 title,
             ])
+            .args(extra)
             .arg("--log")
             .arg(&log)
             .spawn()
