@@ -1195,15 +1195,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_blinking_caret_does_not_hide_a_stuck_model() {
+    /// A policy that allows everything the floor does not stop.
+    fn permissive() -> Checker {
         let engine = PolicyEngine::from_sources(vec![(
             Layer::User,
             PathBuf::from("p.toml"),
             "schema_version = 1\npreset = \"permissive\"\n".into(),
         )])
         .unwrap();
-        let mut policy = Checker::new(engine, None);
+        Checker::new(engine, None)
+    }
+
+    #[test]
+    fn a_blinking_caret_does_not_hide_a_stuck_model() {
+        let mut policy = permissive();
         let options = RunOptions {
             task: "click".into(),
             system_prompt: String::new(),
@@ -1249,13 +1254,7 @@ mod tests {
     /// A wait is an action too: it ends at the run's time limit, not a minute later.
     #[test]
     fn a_long_wait_ends_at_the_time_limit() {
-        let engine = PolicyEngine::from_sources(vec![(
-            Layer::User,
-            PathBuf::from("p.toml"),
-            "schema_version = 1\npreset = \"permissive\"\n".into(),
-        )])
-        .unwrap();
-        let mut policy = Checker::new(engine, None);
+        let mut policy = permissive();
         let mut options = options_with(ImageWindow {
             images: 1,
             evict_every: 0,

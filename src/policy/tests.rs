@@ -64,6 +64,15 @@ fn in_app(request: Request, app: &str, title: Option<&str>) -> Request {
     request.with_window(Some(app.into()), title.map(str::to_owned))
 }
 
+/// Decides `request` as a run would, and counts it as sent when it was allowed.
+fn send_if_allowed(checker: &mut Checker, request: Request) -> Decision {
+    let decision = checker.check(&request);
+    if decision.decision == Verdict::Allow {
+        checker.executed(&request, &decision);
+    }
+    decision
+}
+
 /// A one-rule policy under the permissive preset: the rule's deny shows whether it matched.
 fn deny_rule(fields: &str) -> PolicyEngine {
     user_engine(&policy(
@@ -926,13 +935,7 @@ fn text_sent_in_pieces_is_judged_whole() {
         "[[rule]]\nid = \"no-rm\"\ndecision = \"deny\"\nreason = \"no deleting\"\nintent = [\"delete\"]\n",
     ));
     let mut checker = Checker::new(engine, None);
-    let mut send = |request: Request| {
-        let decision = checker.check(&request);
-        if decision.decision == Verdict::Allow {
-            checker.executed(&request, &decision);
-        }
-        decision
-    };
+    let mut send = |request: Request| send_if_allowed(&mut checker, request);
     let xterm = |r: Request| in_app(r, "xterm", Some("bash"));
     assert_eq!(send(xterm(typed("r"))).decision, Verdict::Allow);
     let rest = send(xterm(typed("m -rf ~")));
@@ -1449,13 +1452,7 @@ fn window_text_matches_reads_what_this_run_typed_into_that_window() {
     );
     let engine = user_engine(&policy("balanced", &rules));
     let mut checker = Checker::new(engine, None);
-    let mut send = |request: Request| {
-        let decision = checker.check(&request);
-        if decision.decision == Verdict::Allow {
-            checker.executed(&request, &decision);
-        }
-        decision
-    };
+    let mut send = |request: Request| send_if_allowed(&mut checker, request);
     let window = |id: u32, title: &str, r: Request| {
         r.with_window_ref(WindowRef {
             app: Some("thunderbird".into()),

@@ -16,7 +16,7 @@ use x11rb::protocol::res::{ClientIdMask, ClientIdSpec, ConnectionExt as _};
 use x11rb::protocol::shm::ConnectionExt as _;
 use x11rb::protocol::xproto::{
     AtomEnum, ConnectionExt as _, CreateWindowAux, ImageFormat, ImageOrder, InputFocus, KeyButMask,
-    Window, WindowClass,
+    QueryPointerReply, Window, WindowClass,
 };
 use x11rb::rust_connection::RustConnection;
 
@@ -164,14 +164,18 @@ impl X11Screen {
         &self.display
     }
 
-    /// Where the real pointer is, in physical screen pixels.
-    pub fn pointer(&self) -> Result<ScreenPoint, ScreenError> {
-        let reply = self
-            .conn
+    /// The pointer's position and the state of the buttons and modifier locks.
+    fn query_pointer(&self) -> Result<QueryPointerReply, ScreenError> {
+        self.conn
             .query_pointer(self.root)
             .map_err(protocol)?
             .reply()
-            .map_err(protocol)?;
+            .map_err(protocol)
+    }
+
+    /// Where the real pointer is, in physical screen pixels.
+    pub fn pointer(&self) -> Result<ScreenPoint, ScreenError> {
+        let reply = self.query_pointer()?;
         Ok(ScreenPoint::new(
             i32::from(reply.root_x),
             i32::from(reply.root_y),
@@ -413,12 +417,7 @@ impl X11Screen {
         {
             return Ok(Some(focus));
         }
-        let pointer = self
-            .conn
-            .query_pointer(self.root)
-            .map_err(protocol)?
-            .reply()
-            .map_err(protocol)?;
+        let pointer = self.query_pointer()?;
         Ok((pointer.child != x11rb::NONE).then_some(pointer.child))
     }
 
@@ -601,13 +600,8 @@ impl Screen for X11Screen {
     }
 
     fn caps_lock(&self) -> Result<bool, ScreenError> {
-        let reply = self
-            .conn
-            .query_pointer(self.root)
-            .map_err(protocol)?
-            .reply()
-            .map_err(protocol)?;
-        Ok(u16::from(reply.mask) & u16::from(KeyButMask::LOCK) != 0)
+        let mask = self.query_pointer()?.mask;
+        Ok(u16::from(mask) & u16::from(KeyButMask::LOCK) != 0)
     }
 
     fn window_at(&self, point: ScreenPoint) -> Result<Option<ActiveWindow>, ScreenError> {

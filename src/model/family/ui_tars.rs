@@ -43,6 +43,9 @@ use super::{
 };
 
 /// Wheel notches of one `scroll(...)`: what UI-TARS's own parser sends.
+/// What starts the action line; no line of a thought starts with it.
+const ACTION_PREFIX: &str = "Action:";
+
 pub const UI_TARS_SCROLL_NOTCHES: i32 = 5;
 /// How long `wait()` waits: the published prompt says "Sleep for 5s".
 pub const UI_TARS_WAIT_MS: u64 = 5_000;
@@ -116,12 +119,13 @@ impl Family for UiTars {
                     l = grammar::THOUGHT_MAX_LINES
                 ),
             )
-            // After a later line's first character: at most as long as the first line.
+            // After a later line's start, which may take up to 7 characters ("Action" and
+            // one more): no line longer than the first may be.
             .rule(
                 "thought-rest",
                 &format!(
                     r#"thought-char{{0,{}}} "\n""#,
-                    grammar::THOUGHT_MAX_CHARS - 1
+                    grammar::THOUGHT_MAX_CHARS - ACTION_PREFIX.len()
                 ),
             )
             .rule(
@@ -164,7 +168,13 @@ impl Family for UiTars {
             // character (typed, a control character would reach applications as a key).
             .rule("py-char", r#"[^'\\\x00-\x1F\x7F-\x9F] | "\\" ['"\\nrt]"#);
         grammar::thought_char_rule(&mut g, "");
-        grammar::line_without_prefix_rule(&mut g, "thought-line", "Action:", "thought-rest", "");
+        grammar::line_without_prefix_rule(
+            &mut g,
+            "thought-line",
+            ACTION_PREFIX,
+            "thought-rest",
+            "",
+        );
         grammar::key_rules(&mut g);
         grammar::frame_coord_rule(&mut g);
         g.finish()
@@ -231,6 +241,11 @@ impl Family for UiTars {
                 format!("hotkey(key={})", python_string(&key_names(chord).join(" ")))
             }
             ModelAction::Wait { .. } => "wait()".to_owned(),
+            // A summary that is the thought was taken from it (an empty `content`): written
+            // empty again, since a thought may run longer than `content` may.
+            ModelAction::Done { summary } if thought.as_deref().map(str::trim) == Some(summary) => {
+                "finished(content='')".to_owned()
+            }
             ModelAction::Done { summary } => {
                 format!("finished(content={})", python_string(summary))
             }
