@@ -14,7 +14,7 @@ pub use script::ScriptBackend;
 pub use user::{TerminalUser, Unattended, User, UserAnswer};
 
 use crate::input::{ABORT_EXIT_CODE, AbortReason, AbortSignal, Action, Hands, InputError};
-use crate::model::{Backend, PastTurn, Prompt, Reply, ms};
+use crate::model::{Backend, ModelError, PastTurn, Prompt, Reply, UnusableReply, ms};
 use crate::policy::{Answer, Decision, Layer, Policy, Request, Verdict, WindowRef};
 use crate::screen::{
     ActiveWindow, Frame, FrameTarget, MonitorInfo, Observation, Screen, SettleOptions,
@@ -502,14 +502,33 @@ impl Context<'_, '_> {
             Err(e) => e,
         };
         state.model_errors += 1;
+        // A reply that was written but cannot be used keeps its text and timings in the
+        // record: the step's time went somewhere.
+        let (e, model) = match e {
+            ModelError::Unusable(unusable) => {
+                let UnusableReply {
+                    raw,
+                    timings,
+                    error,
+                } = *unusable;
+                let model = ModelRecord {
+                    raw: self.policy.redact(&raw),
+                    thought: None,
+                    timings,
+                };
+                (error, Some(model))
+            }
+            other => (other, None),
+        };
         // The error may quote the raw reply, which may hold what a detector flags.
         let e = self.policy.redact(&e.to_string());
         state.add_note(&format!("Your last reply could not be used: {e}"));
         draft.timings.total_ms = ms(draft.started.elapsed());
-        let rec = draft.record(Outcome::Error {
+        let mut rec = draft.record(Outcome::Error {
             stage: "model".into(),
             error: e.clone(),
         });
+        rec.model = model;
         if let Err(e) = self.recorder.step(&rec) {
             return Err(end(
                 1,
@@ -1192,6 +1211,93 @@ mod tests {
         }
         fn dir(&self) -> Option<&Path> {
             None
+        }
+    }
+
+    /// A recorder that keeps the step records in memory.
+    #[derive(Default)]
+    struct Kept {
+        steps: Vec<StepRecord>,
+    }
+
+    impl Recorder for Kept {
+        fn start(&mut self, _: &RunStart) -> Result<(), TraceError> {
+            Ok(())
+        }
+        fn frame(&mut self, _: u32, _: &image::RgbImage) -> Result<String, TraceError> {
+            Ok("frame.png".into())
+        }
+        fn step(&mut self, record: &StepRecord) -> Result<(), TraceError> {
+            self.steps.push(record.clone());
+            Ok(())
+        }
+        fn end(&mut self, _: &RunEnd) -> Result<(), TraceError> {
+            Ok(())
+        }
+        fn dir(&self) -> Option<&Path> {
+            None
+        }
+    }
+
+    /// A model that writes replies, each 512 tokens in 2 s, that name a point off the frame.
+    struct OffFrame;
+
+    impl Backend for OffFrame {
+        fn reply(&mut self, _: &Prompt<'_>) -> Result<Reply, ModelError> {
+            Err(ModelError::Unusable(Box::new(UnusableReply {
+                raw: "click(9999, 9999) card 4111 1111 1111 1111".into(),
+                timings: Timings {
+                    decode_tokens: 512,
+                    decode_ms: 2000.0,
+                    ..Timings::default()
+                },
+                error: ModelError::Engine("the point (9999, 9999) is off the frame".into()),
+            })))
+        }
+    }
+
+    /// A reply that cannot be used still shows in the record what it cost and what it said
+    /// (redacted), and the run ends after the allowed model failures.
+    #[test]
+    fn an_unusable_reply_keeps_its_timings_and_text_in_the_record() {
+        let mut policy = permissive();
+        let mut options = options_with(ImageWindow {
+            images: 1,
+            evict_every: 0,
+        });
+        options.settle.interval = Duration::from_millis(1);
+        let mut recorder = Kept::default();
+        let result = run(
+            &options,
+            Stages {
+                screen: &mut BlinkingCaret { captures: 0 },
+                monitor: monitor(),
+                monitors: vec![monitor()],
+                backend: &mut OffFrame,
+                policy: &mut policy,
+                hands: &mut NoHands,
+                recorder: &mut recorder,
+                user: &mut Unattended,
+                abort: AbortSignal::new(),
+            },
+        );
+        assert_eq!(result.status, RunStatus::Guard, "{result:?}");
+        assert_eq!(
+            recorder.steps.len(),
+            3,
+            "three failures in a row end the run"
+        );
+        for step in &recorder.steps {
+            assert!(matches!(&step.outcome, Outcome::Error { stage, error }
+                if stage == "model" && error.contains("off the frame")));
+            let model = step.model.as_ref().expect("the reply's record");
+            assert_eq!(model.timings.decode_tokens, 512);
+            assert!(
+                model.raw.contains("[redacted:card_number]"),
+                "{}",
+                model.raw
+            );
+            assert!(!model.raw.contains("4111"));
         }
     }
 

@@ -21,7 +21,7 @@ use super::ffi::{
 };
 use super::kv::{CacheLine, Unit};
 use super::template::ChatTemplate;
-use super::{Backend, ModelError, Prompt, Reply, Timings, ms};
+use super::{Backend, ModelError, Prompt, Reply, Timings, UnusableReply, ms};
 use crate::input::AbortSignal;
 use crate::screen::{Frame, FrameTarget};
 
@@ -1334,8 +1334,21 @@ impl LlamaSession<'_> {
 impl Backend for LlamaSession<'_> {
     fn reply(&mut self, prompt: &Prompt<'_>) -> Result<Reply, ModelError> {
         let generated = self.generate(prompt)?;
-        let parsed = self.engine.family.parse(&generated.text)?;
-        let action = parsed.action.to_action(&prompt.frame.map)?;
+        let unusable = |error: ModelError, generated: Generated| {
+            ModelError::Unusable(Box::new(UnusableReply {
+                raw: generated.text,
+                timings: generated.timings,
+                error,
+            }))
+        };
+        let parsed = match self.engine.family.parse(&generated.text) {
+            Ok(parsed) => parsed,
+            Err(e) => return Err(unusable(e.into(), generated)),
+        };
+        let action = match parsed.action.to_action(&prompt.frame.map) {
+            Ok(action) => action,
+            Err(e) => return Err(unusable(e.into(), generated)),
+        };
         Ok(Reply {
             raw: generated.text,
             thought: parsed.thought,

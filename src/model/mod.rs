@@ -94,6 +94,20 @@ pub enum ModelError {
     ContextFull { needed: usize, n_ctx: usize },
     #[error("stopped: the run was aborted")]
     Aborted,
+    /// A reply the model finished that cannot be used; its text and cost are kept for the
+    /// step's record.
+    #[error("{}", .0.error)]
+    Unusable(Box<UnusableReply>),
+}
+
+/// A finished reply that did not parse, or named a point outside the frame, with what it cost:
+/// a failed step still shows where its time went.
+#[derive(Debug)]
+pub struct UnusableReply {
+    pub raw: String,
+    pub timings: Timings,
+    /// Why it cannot be used: `ModelError::Parse` or `ModelError::Map`.
+    pub error: ModelError,
 }
 
 /// The think stage's boundary.
