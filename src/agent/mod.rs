@@ -1260,27 +1260,13 @@ mod tests {
     /// (redacted), and the run ends after the allowed model failures.
     #[test]
     fn an_unusable_reply_keeps_its_timings_and_text_in_the_record() {
-        let mut policy = permissive();
         let mut options = options_with(ImageWindow {
             images: 1,
             evict_every: 0,
         });
         options.settle.interval = Duration::from_millis(1);
         let mut recorder = Kept::default();
-        let result = run(
-            &options,
-            Stages {
-                screen: &mut BlinkingCaret { captures: 0 },
-                monitor: monitor(),
-                monitors: vec![monitor()],
-                backend: &mut OffFrame,
-                policy: &mut policy,
-                hands: &mut NoHands,
-                recorder: &mut recorder,
-                user: &mut Unattended,
-                abort: AbortSignal::new(),
-            },
-        );
+        let result = run_on_caret(&options, &mut OffFrame, &mut recorder);
         assert_eq!(result.status, RunStatus::Guard, "{result:?}");
         assert_eq!(
             recorder.steps.len(),
@@ -1301,6 +1287,30 @@ mod tests {
         }
     }
 
+    /// A run on the blinking-caret screen, under a policy that allows what the floor does not
+    /// stop, with hands that do nothing and nobody to answer.
+    fn run_on_caret(
+        options: &RunOptions,
+        backend: &mut dyn Backend,
+        recorder: &mut dyn Recorder,
+    ) -> RunResult {
+        let mut policy = permissive();
+        run(
+            options,
+            Stages {
+                screen: &mut BlinkingCaret { captures: 0 },
+                monitor: monitor(),
+                monitors: vec![monitor()],
+                backend,
+                policy: &mut policy,
+                hands: &mut NoHands,
+                recorder,
+                user: &mut Unattended,
+                abort: AbortSignal::new(),
+            },
+        )
+    }
+
     /// A policy that allows everything the floor does not stop.
     fn permissive() -> Checker {
         let engine = PolicyEngine::from_sources(vec![(
@@ -1314,7 +1324,6 @@ mod tests {
 
     #[test]
     fn a_blinking_caret_does_not_hide_a_stuck_model() {
-        let mut policy = permissive();
         let options = RunOptions {
             task: "click".into(),
             system_prompt: String::new(),
@@ -1338,20 +1347,7 @@ mod tests {
             policy: "permissive".into(),
             unlocks: Vec::new(),
         };
-        let result = run(
-            &options,
-            Stages {
-                screen: &mut BlinkingCaret { captures: 0 },
-                monitor: monitor(),
-                monitors: vec![monitor()],
-                backend: &mut Clicker { step: 0 },
-                policy: &mut policy,
-                hands: &mut NoHands,
-                recorder: &mut NoTrace,
-                user: &mut Unattended,
-                abort: AbortSignal::new(),
-            },
-        );
+        let result = run_on_caret(&options, &mut Clicker { step: 0 }, &mut NoTrace);
         assert_eq!(result.status, RunStatus::Guard, "{result:?}");
         assert!(result.message.contains("did not change"), "{result:?}");
         assert!(result.steps <= 5, "{result:?}");
@@ -1360,7 +1356,6 @@ mod tests {
     /// A wait is an action too: it ends at the run's time limit, not a minute later.
     #[test]
     fn a_long_wait_ends_at_the_time_limit() {
-        let mut policy = permissive();
         let mut options = options_with(ImageWindow {
             images: 1,
             evict_every: 0,
@@ -1369,20 +1364,7 @@ mod tests {
         options.guards.timeout = Duration::from_millis(400);
         options.guards.max_steps = 5;
         let started = Instant::now();
-        let result = run(
-            &options,
-            Stages {
-                screen: &mut BlinkingCaret { captures: 0 },
-                monitor: monitor(),
-                monitors: vec![monitor()],
-                backend: &mut Waiter,
-                policy: &mut policy,
-                hands: &mut NoHands,
-                recorder: &mut NoTrace,
-                user: &mut Unattended,
-                abort: AbortSignal::new(),
-            },
-        );
+        let result = run_on_caret(&options, &mut Waiter, &mut NoTrace);
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "the wait outlasted the time limit: {:?}",
