@@ -175,6 +175,9 @@ pub struct PolicyPaths {
     pub user: PathBuf,
     /// `~/.local/share/deskhand/grants.toml` or `DESKHAND_GRANTS`.
     pub grants: PathBuf,
+    /// The system file `DESKHAND_SYSTEM_POLICY` leaves out (by naming another file, or `none`).
+    /// If it locks the floor it is loaded anyway: the admin's lock is not the user's to drop.
+    pub dropped_system: Option<PathBuf>,
 }
 
 #[derive(Debug, Error)]
@@ -210,17 +213,20 @@ impl PolicyPaths {
                 .data_dir()
                 .join("grants.toml"),
         };
-        let (system, system_required) = match var("DESKHAND_SYSTEM_POLICY") {
+        let default_system = PathBuf::from("/etc/deskhand/policy.toml");
+        let (system, system_required, dropped_system) = match var("DESKHAND_SYSTEM_POLICY") {
             Some(path) if path.is_empty() => return Err(PolicyPathsError::EmptySystemOverride),
-            Some(path) if path == "none" => (None, false),
-            Some(path) => (Some(PathBuf::from(path)), true),
-            None => (Some(PathBuf::from("/etc/deskhand/policy.toml")), false),
+            Some(path) if path == "none" => (None, false, Some(default_system)),
+            Some(path) if Path::new(&path) == default_system => (Some(default_system), true, None),
+            Some(path) => (Some(PathBuf::from(path)), true, Some(default_system)),
+            None => (Some(default_system), false, None),
         };
         Ok(PolicyPaths {
             system,
             system_required,
             user,
             grants,
+            dropped_system,
         })
     }
 }
@@ -289,6 +295,16 @@ impl PolicyEngine {
                 paths.user.display()
             )),
         );
+        if let Some(dropped) = &paths.dropped_system
+            && let Ok(text) = std::fs::read_to_string(dropped)
+            && file::parse(dropped, &text, Layer::System).is_ok_and(|f| f.floor_locked.is_some())
+        {
+            notes.push(format!(
+                "DESKHAND_SYSTEM_POLICY does not drop {}: it locks the floor ([floor] locked = true), so it stays in force",
+                dropped.display()
+            ));
+            sources.insert(0, (Layer::System, dropped.clone(), text));
+        }
         if !errors.is_empty() {
             return Err(PolicyErrors(errors));
         }

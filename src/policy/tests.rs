@@ -565,6 +565,7 @@ fn a_broken_policy_locks_everything_but_observing_and_stopping() {
         system_required: false,
         user: user.clone(),
         grants: dir.path().join("grants.toml"),
+        dropped_system: None,
     };
     let engine = PolicyEngine::load(&paths);
     let errors = engine.locked_by().expect("a bad regex locks the policy");
@@ -594,6 +595,7 @@ fn no_policy_file_means_the_strict_preset_and_a_note() {
         system_required: false,
         user: dir.path().join("absent.toml"),
         grants: dir.path().join("grants.toml"),
+        dropped_system: None,
     };
     let engine = PolicyEngine::try_load(&paths).unwrap();
     assert!(engine.locked_by().is_none());
@@ -1092,6 +1094,7 @@ fn input_that_would_edit_deskhands_own_policy_is_denied() {
         system_required: false,
         user: dir.path().join("mine/rules.toml"),
         grants: dir.path().join("mine/answers.toml"),
+        dropped_system: None,
     };
     let engine = PolicyEngine::try_load(&paths).unwrap();
     let editing = in_app(typed("x"), "gedit", Some("rules.toml (~/x/mine) - gedit"));
@@ -1115,6 +1118,7 @@ fn a_missing_system_file_named_by_the_environment_is_an_error() {
         system_required: true,
         user: dir.path().join("absent.toml"),
         grants: dir.path().join("grants.toml"),
+        dropped_system: None,
     };
     let errors = PolicyEngine::try_load(&paths).expect_err("an error");
     assert!(
@@ -1485,4 +1489,47 @@ fn window_text_matches_reads_what_this_run_typed_into_that_window() {
     let other = send(window(9, titled, click()));
     assert_eq!(other.decision, Verdict::Ask);
     assert_eq!(other.rule.as_deref(), Some("floor.risky_intent"));
+}
+
+#[test]
+fn none_cannot_drop_a_system_file_that_locks_the_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let system = dir.path().join("system.toml");
+    let user = dir.path().join("user.toml");
+    std::fs::write(&user, policy("balanced", MAIL_UNLOCK)).unwrap();
+    // What DESKHAND_SYSTEM_POLICY=none gives: no system file, the default one dropped.
+    let paths = PolicyPaths {
+        system: None,
+        system_required: false,
+        user,
+        grants: dir.path().join("grants.toml"),
+        dropped_system: Some(system.clone()),
+    };
+    // A system file without a lock is dropped.
+    std::fs::write(&system, policy("strict", "")).unwrap();
+    let engine = PolicyEngine::try_load(&paths).unwrap();
+    assert_eq!(verdict(&engine, &composer_click()), Verdict::Allow);
+    assert_eq!(engine.files().len(), 1);
+    // One that locks the floor stays, and says so.
+    std::fs::write(&system, policy("strict", "[floor]\nlocked = true\n")).unwrap();
+    let engine = PolicyEngine::try_load(&paths).unwrap();
+    assert_eq!(verdict(&engine, &composer_click()), Verdict::Ask);
+    assert_eq!(engine.files().len(), 2);
+    assert!(
+        engine.notes().iter().any(|n| n.contains("does not drop")),
+        "{:?}",
+        engine.notes()
+    );
+    assert!(engine.unlocks()[0].refused_by.is_some());
+    // Naming another system file does not drop it either.
+    let other = dir.path().join("other.toml");
+    std::fs::write(&other, policy("permissive", "")).unwrap();
+    let named = PolicyPaths {
+        system: Some(other),
+        system_required: true,
+        ..paths
+    };
+    let engine = PolicyEngine::try_load(&named).unwrap();
+    assert_eq!(engine.files().len(), 3);
+    assert_eq!(verdict(&engine, &composer_click()), Verdict::Ask);
 }
