@@ -456,7 +456,7 @@ impl PolicyEngine {
                 let items = rule
                     .unlock
                     .iter()
-                    .map(|&item| format!("{} ({})", item.id(), rule.unlocked(item).join(", ")))
+                    .map(|(item, names)| format!("{} ({})", item.id(), names.join(", ")))
                     .collect();
                 unlocks.push(Unlock {
                     rule: rule.id.clone(),
@@ -573,7 +573,7 @@ impl PolicyEngine {
         decision
     }
 
-    fn facts<'a>(&self, request: &'a Request, typed_before: &str) -> Facts<'a> {
+    fn facts<'a>(&self, request: &'a Request, typed_before: &'a str) -> Facts<'a> {
         let action = &request.action;
         let title = request.title.as_deref().unwrap_or_default();
         let mut intents = request.inferred_intents.clone();
@@ -607,9 +607,8 @@ impl PolicyEngine {
         }
         hits.sort_by(|a, b| a.name.cmp(&b.name));
 
-        let window_text = format!("{typed_before}{}", typed.as_deref().unwrap_or_default());
         Facts {
-            window_text,
+            typed_before,
             kind: action.kind(),
             // A drag that never leaves the pressed widget clicks it; a paste types.
             also_kind: if pastes {
@@ -805,19 +804,16 @@ fn add_hit(hits: &mut Vec<DetectorHit>, name: &str, secret: bool) {
 
 /// The unlocks of the rules that match one request, by floor entry.
 #[derive(Default)]
-struct Unlocks {
+struct Unlocks<'r> {
     /// (floor entry, what it unlocks, "rule 'ID' at FILE:LINE")
-    by: Vec<(FloorItem, Vec<String>, String)>,
+    by: Vec<(FloorItem, &'r [String], String)>,
 }
 
-impl Unlocks {
-    fn add(&mut self, rule: &Rule, source: String) {
-        for &item in &rule.unlock {
-            self.by.push((
-                item,
-                rule.unlocked(item),
-                format!("rule '{}' at {source}", rule.id),
-            ));
+impl<'r> Unlocks<'r> {
+    fn add(&mut self, rule: &'r Rule, source: String) {
+        for (item, names) in &rule.unlock {
+            self.by
+                .push((*item, names, format!("rule '{}' at {source}", rule.id)));
         }
     }
 

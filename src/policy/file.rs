@@ -718,7 +718,7 @@ fn compile_rule(
         )
     });
     let unlock = compile_unlock(raw, at, errors);
-    Rule {
+    let mut rule = Rule {
         id: id.clone(),
         decision: raw.decision,
         reason: raw.reason.clone(),
@@ -732,8 +732,13 @@ fn compile_rule(
         keys,
         region,
         window_text,
-        unlock,
-    }
+        unlock: Vec::new(),
+    };
+    rule.unlock = unlock
+        .into_iter()
+        .map(|item| (item, rule.unlockable(item)))
+        .collect();
+    rule
 }
 
 /// Reads a rule's `unlock`: known floor entries only, each with the field that says what it
@@ -1017,6 +1022,10 @@ intent = [\"send_email\"]
             let file = parse_text(&format!("{HEAD}{}", rule("ok", body)))
                 .unwrap_or_else(|e| panic!("{body}: {e}"));
             assert_eq!(file.rules[0].unlock.len(), 1);
+            assert!(
+                !file.rules[0].unlock[0].1.is_empty(),
+                "{body}: names what it unlocks"
+            );
         }
     }
 

@@ -25,9 +25,21 @@ pub(super) struct Facts<'a> {
     pub intents: Vec<Intent>,
     pub hits: Vec<DetectorHit>,
     pub points: &'a [NormalizedPoint],
-    /// Everything this run typed into the window, this action's text included, in the order
-    /// it was typed (Tab and Return as `\t` and `\n`). `window_text_matches` reads it.
-    pub window_text: String,
+    /// What this run typed into the window before this action (Tab and Return as `\t` and
+    /// `\n`); with `typed`, what `window_text_matches` reads.
+    pub typed_before: &'a str,
+}
+
+impl Facts<'_> {
+    /// Everything this run typed into the window, this action's text included, in order.
+    /// Built only for a rule that asks for it.
+    fn window_text(&self) -> String {
+        format!(
+            "{}{}",
+            self.typed_before,
+            self.typed.as_deref().unwrap_or_default()
+        )
+    }
 }
 
 /// A named `[apps.NAME]` group.
@@ -131,8 +143,9 @@ pub(super) struct Rule {
     /// Matched against `Facts::window_text`.
     pub window_text: Option<Regex>,
     /// The floor entries this rule unlocks where it matches (unless the system layer locks
-    /// the floor).
-    pub unlock: Vec<FloorItem>,
+    /// the floor), each with what it unlocks: the floor intents in its `intent`, the detectors
+    /// in its `text_matches`, the session chords in its `keys`.
+    pub unlock: Vec<(FloorItem, Vec<String>)>,
 }
 
 impl Rule {
@@ -169,15 +182,11 @@ impl Rule {
             && self
                 .window_text
                 .as_ref()
-                .is_none_or(|t| t.is_match(&facts.window_text))
+                .is_none_or(|t| t.is_match(&facts.window_text()))
     }
 
-    /// What this rule unlocks of `item`, as the names a decision reports: the floor intents
-    /// in its `intent`, the detectors in its `text_matches`, the session chords in its `keys`.
-    pub fn unlocked(&self, item: FloorItem) -> Vec<String> {
-        if !self.unlock.contains(&item) {
-            return Vec::new();
-        }
+    /// What this rule, compiled, would unlock of `item`: the names a decision reports.
+    pub fn unlockable(&self, item: FloorItem) -> Vec<String> {
         match item {
             FloorItem::RiskyIntent => self
                 .intents
