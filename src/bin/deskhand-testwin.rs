@@ -738,14 +738,7 @@ impl App {
                 .poly_rectangle(self.window, self.gc, &[rect(fx, fy, fw - 1, fh - 1)])?;
             if let Some(font) = &self.font {
                 self.write(font, 8, fy, FIELD_HEIGHT, label.as_bytes())?;
-                let room = usize::try_from((fw - 8) / font.char_width)
-                    .unwrap_or(0)
-                    .min(255);
-                let bytes: Vec<u8> = mail.fields[i].chars().map(latin1_glyph).collect();
-                let visible = &bytes[bytes.len().saturating_sub(room)..];
-                if !visible.is_empty() {
-                    self.write(font, fx + 4, fy, FIELD_HEIGHT, visible)?;
-                }
+                self.write_tail(font, (fx, fy, fw, fh), &mail.fields[i])?;
             }
         }
         let (bx, by, bw, bh) = SEND_BUTTON;
@@ -772,16 +765,23 @@ impl App {
         let (fx, fy, fw, fh) = self.field();
         self.set_foreground(self.palette.white)?;
         self.fill(fx + 1, fy + 1, fw - 2, fh - 2)?;
-        let Some(font) = &self.font else {
-            return Ok(());
-        };
+        match &self.font {
+            Some(font) => self.write_tail(font, (fx, fy, fw, fh), &self.text),
+            None => Ok(()),
+        }
+    }
+
+    /// The end of `text` that fits in the field (x, y, width, height), written inside it.
+    fn write_tail(
+        &self,
+        font: &TextFont,
+        (fx, fy, fw, fh): (i32, i32, i32, i32),
+        text: &str,
+    ) -> Result<(), ConnectionError> {
         let room = usize::try_from((fw - 8) / font.char_width)
             .unwrap_or(0)
             .min(255);
-        if room == 0 {
-            return Ok(());
-        }
-        let bytes: Vec<u8> = self.text.chars().map(latin1_glyph).collect();
+        let bytes: Vec<u8> = text.chars().map(latin1_glyph).collect();
         let visible = &bytes[bytes.len().saturating_sub(room)..];
         if visible.is_empty() {
             return Ok(());
