@@ -1,14 +1,17 @@
 //! `--script FILE`: an engine that takes its actions from a JSONL file instead of a model, so
 //! a workflow can be replayed through the policy and the executor, and tests can drive the
-//! whole loop without a model.
+//! whole loop without a model. A line may declare what its action is for, as Gemma's replies
+//! do: `{"action":"click","x":10,"y":20,"intent":"send_email"}`.
 
 use std::path::Path;
 
 use crate::input::Action;
+use crate::model::family::action_json_with_intent;
 use crate::model::{Backend, ModelError, Prompt, Reply, Timings};
+use crate::policy::Intent;
 
 pub struct ScriptBackend {
-    actions: Vec<Action>,
+    actions: Vec<(Action, Option<Intent>)>,
     next: usize,
 }
 
@@ -28,7 +31,7 @@ impl ScriptBackend {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let action = Action::from_json(line)
+            let action = action_json_with_intent(line)
                 .map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
             actions.push(action);
         }
@@ -44,20 +47,24 @@ impl ScriptBackend {
 
 impl Backend for ScriptBackend {
     fn reply(&mut self, _prompt: &Prompt<'_>) -> Result<Reply, ModelError> {
-        let action = match self.actions.get(self.next) {
-            Some(action) => action.clone(),
-            None => Action::Fail {
-                reason: format!(
-                    "the script ended after {} actions without `done`",
-                    self.actions.len()
-                ),
-            },
+        let (action, intent) = match self.actions.get(self.next) {
+            Some(scripted) => scripted.clone(),
+            None => (
+                Action::Fail {
+                    reason: format!(
+                        "the script ended after {} actions without `done`",
+                        self.actions.len()
+                    ),
+                },
+                None,
+            ),
         };
         self.next += 1;
         Ok(Reply {
             raw: action.to_json(),
             thought: Some(format!("scripted action {}", self.next)),
             action,
+            intent,
             timings: Timings::default(),
         })
     }

@@ -1353,6 +1353,7 @@ impl Backend for LlamaSession<'_> {
             raw: generated.text,
             thought: parsed.thought,
             action,
+            intent: parsed.intent,
             timings: generated.timings,
         })
     }

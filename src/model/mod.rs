@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::input::Action;
+use crate::policy::Intent;
 
 pub use conversation::{PastTurn, Prompt};
 pub use family::{Family, FamilyId, ModelAction, ParseError, ParsedReply};
@@ -73,6 +74,9 @@ pub struct Reply {
     pub thought: Option<String>,
     /// In screen pixels, mapped through the prompt frame's `FrameMap`.
     pub action: Action,
+    /// What the model declared the action is for (`ParsedReply::intent`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intent: Option<Intent>,
     pub timings: Timings,
 }
 

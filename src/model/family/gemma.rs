@@ -16,18 +16,24 @@
 //! frame map scales each axis on its own, which undoes the change of aspect ratio.
 //!
 //! The grammar writes the keys in the order `Action` serializes them, so the fixed text is
-//! forced and the model only chooses values. A double or triple click with a button other
+//! forced and the model only chooses values. An optional `"intent"` member comes last: what the
+//! action is for when it sends, pays, buys, deletes, publishes, installs or logs in
+//! (`{"action":"click","x":912,"y":874,"intent":"send_email"}`); the policy only ever adds it
+//! to what it infers. A double or triple click with a button other
 //! than the left one is a parse error: deskhand's model actions have no such thing.
 
 use serde_json::Value;
 
 use crate::input::{Action, MouseButton};
 use crate::model::conversation::{self, Instruction, Layout, Message, TurnView};
+use crate::policy::Intent;
 use crate::screen::{FrameTarget, ModelPoint, PointFormat};
 
 use super::grammar::{self, Gbnf, one_of};
 use super::keys::normalized_chord;
-use super::{Family, FamilyId, ModelAction, ParseError, ParsedReply, finish_reply, quote};
+use super::{
+    Family, FamilyId, ModelAction, ParseError, ParsedReply, finish_reply, intent_from_json, quote,
+};
 
 /// Gemma 3's SigLIP image size: every image is resized to this square.
 const GEMMA3_IMAGE_SIDE: u32 = 896;
@@ -85,29 +91,30 @@ impl Family for Gemma3 {
                     grammar::THOUGHT_MAX_CHARS
                 ),
             )
+            // Each action's rule leaves its object open, so the optional intent can close it.
             .rule(
                 "action",
-                "click | double-click | triple-click | move | drag | scroll | type | key-press | hold-key | wait | done | fail | call-user",
+                r#"( click | double-click | triple-click | move | drag | scroll | type | key-press | hold-key | wait | done | fail | call-user ) intent? "}""#,
             )
             .rule(
                 "click",
                 &format!(
-                    r#""{{\"action\":\"click\"," xy ( ",\"button\":\"" {} "\"" )? "}}""#,
+                    r#""{{\"action\":\"click\"," xy ( ",\"button\":\"" {} "\"" )?"#,
                     one_of(&["left", "right", "middle"])
                 ),
             )
-            .rule("double-click", r#""{\"action\":\"double_click\"," xy "}""#)
-            .rule("triple-click", r#""{\"action\":\"triple_click\"," xy "}""#)
-            .rule("move", r#""{\"action\":\"move\"," xy "}""#)
+            .rule("double-click", r#""{\"action\":\"double_click\"," xy"#)
+            .rule("triple-click", r#""{\"action\":\"triple_click\"," xy"#)
+            .rule("move", r#""{\"action\":\"move\"," xy"#)
             .rule("xy", r#""\"x\":" norm-coord ",\"y\":" norm-coord"#)
             .rule(
                 "drag",
-                r#""{\"action\":\"drag\",\"path\":[" pair ( "," pair ){1,9} "]}""#,
+                r#""{\"action\":\"drag\",\"path\":[" pair ( "," pair ){1,9} "]""#,
             )
             .rule("pair", r#""[" norm-coord "," norm-coord "]""#)
             .rule(
                 "scroll",
-                r#""{\"action\":\"scroll\"," xy ",\"dx\":" scroll-amounts "}""#,
+                r#""{\"action\":\"scroll\"," xy ",\"dx\":" scroll-amounts"#,
             )
             // At least one axis moves: `Action` rejects a scroll of nothing.
             .rule(
@@ -116,22 +123,23 @@ impl Family for Gemma3 {
             )
             .rule("notches", r#""0" | notches-nonzero"#)
             .rule("notches-nonzero", r#""-"? ( [1-9] | "10" )"#)
-            .rule("type", r#""{\"action\":\"type\",\"text\":" type-text "}""#)
-            .rule("key-press", r#""{\"action\":\"key\",\"chord\":\"" chord "\"}""#)
+            .rule("type", r#""{\"action\":\"type\",\"text\":" type-text"#)
+            .rule("key-press", r#""{\"action\":\"key\",\"chord\":\"" chord "\"""#)
             .rule(
                 "hold-key",
-                r#""{\"action\":\"hold_key\",\"chord\":\"" chord "\",\"ms\":" ms "}""#,
+                r#""{\"action\":\"hold_key\",\"chord\":\"" chord "\",\"ms\":" ms"#,
             )
             .rule("chord", r#"( modifier "+" ){0,3} key"#)
             // Up to 9999 ms, within both the wait and the hold limits.
             .rule("ms", r#""0" | [1-9] [0-9]{0,3}"#)
-            .rule("wait", r#""{\"action\":\"wait\",\"ms\":" ms "}""#)
-            .rule("done", r#""{\"action\":\"done\",\"summary\":" message "}""#)
-            .rule("fail", r#""{\"action\":\"fail\",\"reason\":" message "}""#)
+            .rule("wait", r#""{\"action\":\"wait\",\"ms\":" ms"#)
+            .rule("done", r#""{\"action\":\"done\",\"summary\":" message"#)
+            .rule("fail", r#""{\"action\":\"fail\",\"reason\":" message"#)
             .rule(
                 "call-user",
-                r#""{\"action\":\"call_user\",\"question\":" message "}""#,
+                r#""{\"action\":\"call_user\",\"question\":" message"#,
             );
+        grammar::intent_rule(&mut g, ",\"intent\":\"");
         grammar::json_string_rule(&mut g, "type-text", 1, grammar::TYPE_MAX_CHARS);
         grammar::json_string_rule(&mut g, "message", 0, grammar::MESSAGE_MAX_CHARS);
         grammar::json_char_rule(&mut g);
@@ -174,7 +182,7 @@ impl Family for Gemma3 {
                 quote(after)
             )));
         }
-        let action = Action::from_json(object)
+        let (action, intent) = action_json_with_intent(object)
             .map_err(|e| ParseError::new(format!("{e}: {}", quote(object))))?;
         let before = text[..json_start].trim();
         let before = before
@@ -182,16 +190,45 @@ impl Family for Gemma3 {
             .trim_end_matches("```")
             .trim();
         let thought = before.strip_prefix("Thought:").unwrap_or(before);
-        finish_reply(thought, model_action(action, object)?)
+        finish_reply(thought, model_action(action, object)?, intent)
     }
 
-    fn render_reply(&self, thought: Option<&str>, action: &ModelAction) -> String {
-        let json = action.with_raw_points().to_json();
-        match thought {
+    fn render_reply(&self, reply: &ParsedReply) -> String {
+        let mut json = reply.action.with_raw_points().to_json();
+        if let Some(intent) = reply.intent {
+            // The object's closing brace is its last character.
+            json.pop();
+            json.push_str(&format!(r#","intent":"{intent}"}}"#));
+        }
+        match reply.thought.as_deref() {
             Some(t) if !t.trim().is_empty() => format!("Thought: {}\n{json}", t.trim()),
             _ => json,
         }
     }
+}
+
+/// An action in the `Action` wire format that may also carry an `"intent"` member, what the
+/// action is for (Gemma's replies and `--script` lines). Absent, `null` and `"other"` declare
+/// nothing.
+pub fn action_json_with_intent(text: &str) -> Result<(Action, Option<Intent>), String> {
+    let mut value: Value = match serde_json::from_str(text) {
+        Ok(value) => value,
+        // Not JSON: the action's own parser says what is wrong with it.
+        Err(_) => {
+            return Action::from_json(text)
+                .map(|a| (a, None))
+                .map_err(|e| e.to_string());
+        }
+    };
+    let declared = value.as_object_mut().and_then(|o| o.remove("intent"));
+    let Some(declared) = declared else {
+        return Action::from_json(text)
+            .map(|a| (a, None))
+            .map_err(|e| e.to_string());
+    };
+    let intent = intent_from_json(Some(&declared))?;
+    let action = Action::from_json(&value.to_string()).map_err(|e| e.to_string())?;
+    Ok((action, intent))
 }
 
 /// Where the JSON object starts: the first line that begins with `{`, else the first `{`.

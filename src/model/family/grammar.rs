@@ -131,6 +131,18 @@ pub(super) fn key_rules(g: &mut Gbnf) {
 
 /// Rule `frame-coord`: a pixel coordinate of a frame, a non-negative integer of at most four
 /// digits without leading zeros (JSON forbids them).
+/// Rule `intent`: `before`, then one of the intents a reply can declare, then a closing
+/// quote. `before` ends with the opening quote, in the spacing of the family's JSON.
+pub(super) fn intent_rule(g: &mut Gbnf, before: &str) {
+    let body = format!(
+        "{} {} {}",
+        lit(before),
+        one_of(&super::declarable_intents()),
+        lit("\"")
+    );
+    g.rule("intent", &body);
+}
+
 pub(super) fn frame_coord_rule(g: &mut Gbnf) {
     g.rule("frame-coord", "\"0\" | [1-9] [0-9]{0,3}");
 }

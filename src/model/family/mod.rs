@@ -40,13 +40,15 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use thiserror::Error;
 
 use crate::input::{Action, MouseButton};
 use crate::model::conversation::{Layout, Message, Rendered, TurnView};
+use crate::policy::Intent;
 use crate::screen::{FrameMap, FrameTarget, MapError, ModelPoint, PointFormat};
 
-pub use gemma::Gemma3;
+pub use gemma::{Gemma3, action_json_with_intent};
 pub use qwen::{MAX_SCROLL_NOTCHES_PER_CALL, PIXELS_PER_NOTCH, QwenVl};
 pub use ui_tars::{UI_TARS_SCROLL_NOTCHES, UI_TARS_WAIT_MS, UiTars};
 
@@ -160,10 +162,11 @@ pub trait Family: Send + Sync {
     /// where the action needs them.
     fn parse(&self, text: &str) -> Result<ParsedReply, ParseError>;
 
-    /// The reply text this family's model would write for `action` (for test doubles and
-    /// round trips). An action the syntax cannot express is written as its nearest
-    /// expressible form; each family documents which.
-    fn render_reply(&self, thought: Option<&str>, action: &ModelAction) -> String;
+    /// The reply text this family's model would write (for test doubles and round trips).
+    /// An action the syntax cannot express is written as its nearest expressible form, and a
+    /// declared intent is left out where the syntax has no place for it; each family
+    /// documents which.
+    fn render_reply(&self, reply: &ParsedReply) -> String;
 }
 
 /// A reply, read.
@@ -172,6 +175,53 @@ pub struct ParsedReply {
     /// The free text before the action, trimmed; `None` when there was none.
     pub thought: Option<String>,
     pub action: ModelAction,
+    /// What the model said the action is for, where its syntax can say it (the `intent`
+    /// argument of Qwen's tool, the `intent` field of Gemma's JSON); `None` when it declared
+    /// nothing, or `other`. The policy adds it to the intents it infers itself, so a declared
+    /// intent can only raise the risk of an action, never lower it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent: Option<Intent>,
+}
+
+impl ParsedReply {
+    /// A reply that declares no intent.
+    pub fn new(thought: Option<&str>, action: ModelAction) -> ParsedReply {
+        ParsedReply {
+            thought: thought.map(str::to_owned),
+            action,
+            intent: None,
+        }
+    }
+
+    pub fn with_intent(mut self, intent: Option<Intent>) -> ParsedReply {
+        self.intent = intent;
+        self
+    }
+}
+
+/// The intents a reply can declare, as the reply syntaxes spell them: every intent but
+/// `other`, which declares nothing.
+pub(crate) fn declarable_intents() -> Vec<&'static str> {
+    Intent::ALL
+        .into_iter()
+        .filter(|i| *i != Intent::Other)
+        .map(Intent::name)
+        .collect()
+}
+
+/// A declared intent from the `intent` member of a reply's JSON: absent, `null` and `other`
+/// declare nothing; any other value must name a known intent.
+fn intent_from_json(value: Option<&Value>) -> Result<Option<Intent>, String> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(name)) => {
+            let intent: Intent = name.trim().to_ascii_lowercase().parse()?;
+            Ok((intent != Intent::Other).then_some(intent))
+        }
+        Some(other) => Err(format!(
+            "\"intent\" must be a string such as \"send_email\", got {other}"
+        )),
+    }
 }
 
 /// A reply that could not be read; the message quotes the text at fault.
@@ -370,13 +420,21 @@ impl ModelAction {
 
 /// The common tail of every parser: the thought trimmed (empty means none), terminal text
 /// filled in, limits checked.
-fn finish_reply(thought: &str, action: ModelAction) -> Result<ParsedReply, ParseError> {
+fn finish_reply(
+    thought: &str,
+    action: ModelAction,
+    intent: Option<Intent>,
+) -> Result<ParsedReply, ParseError> {
     let thought = thought.trim();
     let thought = (!thought.is_empty()).then(|| thought.to_owned());
     let action = action
         .with_thought_as_text(thought.as_deref())
         .validated()?;
-    Ok(ParsedReply { thought, action })
+    Ok(ParsedReply {
+        thought,
+        action,
+        intent,
+    })
 }
 
 /// A number as a model point coordinate: finite, or an error quoting it.

@@ -39,17 +39,23 @@
 //! - What the syntax cannot say is written as the nearest thing it can (`render_reply`): a drag
 //!   through several points as a drag from the first to the last, a scroll on both axes as its
 //!   vertical part, a held key as a press.
+//! - The tool takes an optional `"intent"` argument, a deskhand addition declared in the
+//!   prompt: what the action is for when it sends, pays, buys, deletes, publishes, installs or
+//!   logs in (`"intent": "send_email"`). It comes last in the arguments; the grammar lets the
+//!   model write it or leave it out, and the policy only ever adds it to what it infers.
 
 use serde_json::{Map, Value};
 
 use crate::input::MouseButton;
 use crate::model::conversation::{self, Instruction, Layout, Message, TurnView};
+use crate::policy::Intent;
 use crate::screen::{FrameTarget, ModelPoint, PointFormat};
 
 use super::grammar::{self, Gbnf, one_of};
 use super::keys::{chord_from_keys, key_names};
 use super::{
-    Family, FamilyId, ModelAction, ParseError, ParsedReply, finish_reply, format_coordinate, quote,
+    Family, FamilyId, ModelAction, ParseError, ParsedReply, finish_reply, format_coordinate,
+    intent_from_json, quote,
 };
 
 /// Scroll distance of one wheel notch, in Qwen's `"pixels"`. A notch scrolls about three lines
@@ -135,7 +141,7 @@ impl Family for QwenVl {
         let mut g = Gbnf::new();
         g.rule(
             "root",
-            r#"thought? "<tool_call>\n{\"name\": \"computer_use\", \"arguments\": {\"action\": " action "}}\n</tool_call>""#,
+            r#"thought? "<tool_call>\n{\"name\": \"computer_use\", \"arguments\": {\"action\": " action intent? "}}\n</tool_call>""#,
         )
         .rule(
             "thought",
@@ -194,6 +200,7 @@ impl Family for QwenVl {
             "point",
             &format!(r#""[" {coordinate_rule} ", " {coordinate_rule} "]""#),
         );
+        grammar::intent_rule(&mut g, ", \"intent\": \"");
         grammar::json_string_rule(&mut g, "type-text", 1, grammar::TYPE_MAX_CHARS);
         grammar::json_string_rule(&mut g, "message", 0, grammar::MESSAGE_MAX_CHARS);
         grammar::json_char_rule(&mut g);
@@ -234,16 +241,16 @@ impl Family for QwenVl {
         let call: Value = serde_json::from_str(body).map_err(|e| {
             ParseError::new(format!("the tool call is not JSON ({e}): {}", quote(body)))
         })?;
-        let action = self.model_action(&call, body)?;
+        let (action, intent) = self.model_action(&call, body)?;
         let thought = before.strip_prefix("Thought:").unwrap_or(before);
-        finish_reply(thought, action)
+        finish_reply(thought, action, intent)
     }
 
-    fn render_reply(&self, thought: Option<&str>, action: &ModelAction) -> String {
+    fn render_reply(&self, reply: &ParsedReply) -> String {
         let point =
             |p: &ModelPoint| format!("[{}, {}]", format_coordinate(p.x), format_coordinate(p.y));
-        let mut thought = thought.map(str::to_owned);
-        let arguments = match action {
+        let mut thought = reply.thought.clone();
+        let mut arguments = match &reply.action {
             ModelAction::Click { at, button } => {
                 let name = match button {
                     MouseButton::Left => "left_click",
@@ -319,6 +326,9 @@ impl Family for QwenVl {
                 )
             }
         };
+        if let Some(intent) = reply.intent {
+            arguments.push_str(&format!(r#", "intent": "{intent}""#));
+        }
         let call = format!(
             "{TOOL_CALL_OPEN}\n{{\"name\": \"{TOOL_NAME}\", \"arguments\": {{{arguments}}}}}\n{TOOL_CALL_CLOSE}"
         );
@@ -330,7 +340,12 @@ impl Family for QwenVl {
 }
 
 impl QwenVl {
-    fn model_action(&self, call: &Value, raw: &str) -> Result<ModelAction, ParseError> {
+    /// The action a tool call names, and the intent it declares.
+    fn model_action(
+        &self,
+        call: &Value,
+        raw: &str,
+    ) -> Result<(ModelAction, Option<Intent>), ParseError> {
         let error = |problem: String| ParseError::new(format!("{problem} in {}", quote(raw)));
         let name = call.get("name").and_then(Value::as_str);
         if name != Some(TOOL_NAME) {
@@ -356,6 +371,7 @@ impl QwenVl {
         let Some(action) = args.get("action").and_then(Value::as_str) else {
             return Err(error("the arguments have no \"action\"".to_owned()));
         };
+        let intent = intent_from_json(args.get("intent")).map_err(error)?;
         let point = |key: &str| self.point(args, action, key).map_err(error);
         let text = |key: &str| {
             args.get(key)
@@ -363,7 +379,7 @@ impl QwenVl {
                 .unwrap_or_default()
                 .to_owned()
         };
-        Ok(match action {
+        let action = match action {
             "left_click" => ModelAction::Click {
                 at: point("coordinate")?,
                 button: MouseButton::Left,
@@ -468,7 +484,8 @@ impl QwenVl {
                     "unknown computer_use action \"{other}\"; expected one of {ACTION_NAMES}"
                 )));
             }
-        })
+        };
+        Ok((action, intent))
     }
 
     /// The `[x, y]` under `key`, in this family's point format.

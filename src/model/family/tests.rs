@@ -7,6 +7,7 @@ use super::gbnf_check::Grammar;
 use super::*;
 use crate::input::Chord;
 use crate::model::conversation::{Piece, Rendered, TurnView};
+use crate::policy::Intent;
 use crate::screen::{MonitorInfo, ScreenPoint};
 
 const MARKER: &str = "<__media__>";
@@ -38,10 +39,7 @@ fn parse_error(id: FamilyId, text: &str) -> String {
 }
 
 fn reply(thought: Option<&str>, action: ModelAction) -> ParsedReply {
-    ParsedReply {
-        thought: thought.map(str::to_owned),
-        action,
-    }
+    ParsedReply::new(thought, action)
 }
 
 fn grammar(id: FamilyId) -> Grammar {
@@ -816,19 +814,19 @@ fn every_grammar_is_valid_gbnf() {
         let g = grammar(id);
         // The shortest reply of each family, and one with a thought.
         let f = family(id);
-        let wait = f.render_reply(
+        let wait = f.render_reply(&reply(
             None,
-            &ModelAction::Wait {
+            ModelAction::Wait {
                 ms: if id == FamilyId::UiTars { 5000 } else { 1000 },
             },
-        );
+        ));
         assert!(g.accepts(&wait), "{id}: {wait:?}");
-        let done = f.render_reply(
+        let done = f.render_reply(&reply(
             Some("All done."),
-            &ModelAction::Done {
+            ModelAction::Done {
                 summary: "Saved.".into(),
             },
-        );
+        ));
         assert!(g.accepts(&done), "{id}: {done:?}");
         assert!(
             !g.accepts(&format!("{done}\nextra")),
@@ -869,15 +867,27 @@ fn message_strategy() -> impl Strategy<Value = String> {
     prop_oneof![Just(String::new()), "[a-zA-Z0-9 .,'\"\\\\é]{1,30}"]
 }
 
-/// An action, a thought, and the reply parsing their rendering must give.
-type Case = (Option<String>, ModelAction, ParsedReply);
+/// A reply to render, and the reply parsing its rendering must give.
+type Case = (ParsedReply, ParsedReply);
 
-fn plain_case(thought: Option<String>, action: ModelAction) -> Case {
-    let expected = ParsedReply {
-        thought: thought.clone(),
-        action: action.clone().with_thought_as_text(thought.as_deref()),
-    };
-    (thought, action, expected)
+fn plain_case(thought: Option<String>, action: ModelAction, intent: Option<Intent>) -> Case {
+    let written = ParsedReply::new(thought.as_deref(), action.clone()).with_intent(intent);
+    let expected = ParsedReply::new(
+        thought.as_deref(),
+        action.with_thought_as_text(thought.as_deref()),
+    )
+    .with_intent(intent);
+    (written, expected)
+}
+
+/// An intent the reply declares, or none.
+fn intent_strategy() -> impl Strategy<Value = Option<Intent>> {
+    prop::option::of(prop::sample::select(
+        Intent::ALL
+            .into_iter()
+            .filter(|i| *i != Intent::Other)
+            .collect::<Vec<_>>(),
+    ))
 }
 
 fn ui_tars_cases() -> impl Strategy<Value = Case> {
@@ -910,15 +920,18 @@ fn ui_tars_cases() -> impl Strategy<Value = Case> {
             let carried = thought
                 .clone()
                 .or_else(|| (!question.is_empty()).then(|| question.to_owned()));
-            let expected = ParsedReply {
-                thought: carried.clone(),
-                action: ModelAction::CallUser {
-                    question: carried.unwrap_or_default(),
+            let expected = ParsedReply::new(
+                carried.as_deref(),
+                ModelAction::CallUser {
+                    question: carried.clone().unwrap_or_default(),
                 },
-            };
-            (thought, action, expected)
+            );
+            (
+                ParsedReply::new(thought.as_deref(), action.clone()),
+                expected,
+            )
         }
-        _ => plain_case(thought, action),
+        _ => plain_case(thought, action, None),
     })
 }
 
@@ -954,22 +967,27 @@ fn qwen_cases(format: PointFormat) -> impl Strategy<Value = Case> {
         message_strategy().prop_map(|reason| ModelAction::Fail { reason }),
         message_strategy().prop_map(|question| ModelAction::CallUser { question }),
     ];
-    (thought_strategy(), action).prop_map(|(thought, action)| match &action {
-        // terminate cannot carry the reason; it travels as the (trimmed) thought.
-        ModelAction::Fail { reason } => {
-            let reason = reason.trim();
-            let carried = thought
-                .clone()
-                .or_else(|| (!reason.is_empty()).then(|| reason.to_owned()));
-            let expected = ParsedReply {
-                thought: carried.clone(),
-                action: ModelAction::Fail {
-                    reason: carried.unwrap_or_default(),
-                },
-            };
-            (thought, action, expected)
+    (thought_strategy(), action, intent_strategy()).prop_map(|(thought, action, intent)| {
+        match &action {
+            // terminate cannot carry the reason; it travels as the (trimmed) thought.
+            ModelAction::Fail { reason } => {
+                let reason = reason.trim();
+                let carried = thought
+                    .clone()
+                    .or_else(|| (!reason.is_empty()).then(|| reason.to_owned()));
+                let expected = ParsedReply::new(
+                    carried.as_deref(),
+                    ModelAction::Fail {
+                        reason: carried.clone().unwrap_or_default(),
+                    },
+                )
+                .with_intent(intent);
+                let written =
+                    ParsedReply::new(thought.as_deref(), action.clone()).with_intent(intent);
+                (written, expected)
+            }
+            _ => plain_case(thought, action, intent),
         }
-        _ => plain_case(thought, action),
     })
 }
 
@@ -1002,15 +1020,16 @@ fn gemma_cases() -> impl Strategy<Value = Case> {
         message_strategy().prop_map(|reason| ModelAction::Fail { reason }),
         message_strategy().prop_map(|question| ModelAction::CallUser { question }),
     ];
-    (thought_strategy(), action).prop_map(|(thought, action)| plain_case(thought, action))
+    (thought_strategy(), action, intent_strategy())
+        .prop_map(|(thought, action, intent)| plain_case(thought, action, intent))
 }
 
 fn check_round_trip(
     id: FamilyId,
     g: &Grammar,
-    (thought, action, expected): Case,
+    (written, expected): Case,
 ) -> Result<(), TestCaseError> {
-    let text = family(id).render_reply(thought.as_deref(), &action);
+    let text = family(id).render_reply(&written);
     prop_assert!(
         g.accepts(&text),
         "{} grammar rejects its own reply {:?}",
@@ -1041,7 +1060,7 @@ fn check_generated(id: FamilyId, g: &Grammar, choices: &[u32]) -> Result<(), Tes
         first
     );
     let Ok(first) = first else { return Ok(()) };
-    let again = family(id).render_reply(first.thought.as_deref(), &first.action);
+    let again = family(id).render_reply(&first);
     prop_assert!(
         g.accepts(&again),
         "{} re-rendered {:?} as {:?}, which the grammar rejects",
@@ -1102,5 +1121,89 @@ proptest! {
         for id in FamilyId::ALL {
             let _ = family(id).parse(&text);
         }
+    }
+}
+
+#[test]
+fn qwen_and_gemma_replies_declare_intents_and_unknown_ones_are_errors() {
+    let click_qwen = |intent: &str| {
+        tool_call(&format!(
+            r#"{{"action": "left_click", "coordinate": [10, 20]{intent}}}"#
+        ))
+    };
+    let send = click_qwen(r#", "intent": "send_email""#);
+    for id in [FamilyId::Qwen25Vl, FamilyId::Qwen3Vl] {
+        assert_eq!(parsed(id, &send).intent, Some(Intent::SendEmail), "{id}");
+        assert!(grammar(id).accepts(&send), "{id}: {send}");
+        assert_eq!(parsed(id, &click_qwen("")).intent, None, "{id}");
+        // `other` declares nothing; the grammar never writes it.
+        let other = click_qwen(r#", "intent": "other""#);
+        assert_eq!(parsed(id, &other).intent, None, "{id}");
+        assert!(!grammar(id).accepts(&other), "{id}");
+        let err = parse_error(id, &click_qwen(r#", "intent": "wire_money""#));
+        assert!(
+            err.contains("unknown intent 'wire_money'") && err.contains("send_email"),
+            "{err}"
+        );
+        let err = parse_error(id, &click_qwen(r#", "intent": 3"#));
+        assert!(err.contains("\"intent\" must be a string"), "{err}");
+    }
+
+    let gemma = r#"{"action":"click","x":912,"y":874,"button":"left","intent":"payment"}"#;
+    let r = parsed(FamilyId::Gemma3, gemma);
+    assert_eq!(r.intent, Some(Intent::Payment));
+    assert_eq!(
+        r.action,
+        ModelAction::Click {
+            at: norm(912.0, 874.0),
+            button: MouseButton::Left
+        }
+    );
+    assert!(grammar(FamilyId::Gemma3).accepts(gemma), "{gemma}");
+    // Written by the family, the intent is the object's last member.
+    assert_eq!(
+        family(FamilyId::Gemma3).render_reply(
+            &reply(None, ModelAction::Wait { ms: 500 }).with_intent(Some(Intent::Delete))
+        ),
+        r#"{"action":"wait","ms":500,"intent":"delete"}"#
+    );
+    let err = parse_error(FamilyId::Gemma3, r#"{"action":"wait","ms":5,"intent":"x"}"#);
+    assert!(err.contains("unknown intent 'x'"), "{err}");
+    // Without an intent, an unknown member is still refused.
+    let err = parse_error(FamilyId::Gemma3, r#"{"action":"wait","ms":5,"why":"x"}"#);
+    assert!(err.contains("why"), "{err}");
+
+    // UI-TARS has no place for an intent: it writes none and reads none.
+    let written = family(FamilyId::UiTars).render_reply(
+        &reply(
+            None,
+            ModelAction::Click {
+                at: px(1.0, 2.0),
+                button: MouseButton::Left,
+            },
+        )
+        .with_intent(Some(Intent::SendEmail)),
+    );
+    assert!(!written.contains("intent") && !written.contains("send_email"));
+    assert_eq!(parsed(FamilyId::UiTars, &written).intent, None);
+}
+
+#[test]
+fn the_prompts_offer_exactly_the_intents_the_grammars_allow() {
+    let listed = declarable_intents()
+        .iter()
+        .map(|i| format!("\"{i}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    for id in [FamilyId::Qwen25Vl, FamilyId::Qwen3Vl] {
+        let prompt = family(id).system_prompt();
+        assert!(
+            prompt.contains("\"intent\": {") && prompt.contains(&format!("\"enum\": [{listed}]")),
+            "{id}: the tool's intent argument lists {listed}"
+        );
+    }
+    let gemma = family(FamilyId::Gemma3).system_prompt();
+    for intent in declarable_intents() {
+        assert!(gemma.contains(&format!("\"{intent}\"")), "gemma3: {intent}");
     }
 }

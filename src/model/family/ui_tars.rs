@@ -30,6 +30,8 @@
 //!   a middle click as a click, a triple click as a double click, a move as `hover`,
 //!   a drag through several points as a drag from the first to the last, a held key as a
 //!   press, any wait as `wait()`, a failure as `call_user()` with the reason as the thought.
+//! - No intent: UI-TARS keeps the action syntax it was trained on, which has no place for one,
+//!   so its actions carry only the intents the policy infers.
 
 use crate::input::MouseButton;
 use crate::model::conversation::{self, Instruction, Layout, Message, TurnView};
@@ -196,14 +198,14 @@ impl Family for UiTars {
                 quote(after.trim())
             )));
         }
-        finish_reply(thought, model_action(&call, action_text)?)
+        finish_reply(thought, model_action(&call, action_text)?, None)
     }
 
-    fn render_reply(&self, thought: Option<&str>, action: &ModelAction) -> String {
+    fn render_reply(&self, reply: &ParsedReply) -> String {
         let box_arg =
             |p: &ModelPoint| format!("'({},{})'", format_coordinate(p.x), format_coordinate(p.y));
-        let mut thought = thought.map(str::to_owned);
-        let call = match action {
+        let mut thought = reply.thought.clone();
+        let call = match &reply.action {
             ModelAction::Click { at, button } => match button {
                 MouseButton::Right => format!("right_single(start_box={})", box_arg(at)),
                 MouseButton::Left | MouseButton::Middle => {
