@@ -31,6 +31,8 @@ fn every_command_has_help() {
         vec!["act", "--help"],
         vec!["bench", "--help"],
         vec!["bench", "capture", "--help"],
+        vec!["policy", "suggest", "--help"],
+        vec!["policy", "diff", "--help"],
     ] {
         let out = run_ok(Command::new(env!("CARGO_BIN_EXE_deskhand")).args(&args));
         assert!(out.contains("Usage:"), "{args:?}: {out}");

@@ -409,3 +409,262 @@ fn grants_are_listed_and_revoked() {
     assert_eq!(code, 1);
     assert!(err.contains("g-00000000"), "{err}");
 }
+
+/// A strict policy with a terminal rule and a detector of the user's own.
+const TUNING_POLICY: &str = r#"schema_version = 1
+preset = "strict"
+
+[apps.terminal]
+names = ["xterm"]
+
+[detectors.employee_id]
+pattern = 'EMP-[0-9]{6}'
+
+[[rule]]
+id = "terminal-asks"
+decision = "ask"
+reason = "commands run with your rights"
+app = ["terminal"]
+action = ["type"]
+"#;
+
+/// One recorded ask: the action, its window, a declared intent, and how it was answered.
+struct Asked {
+    action: &'static str,
+    app: &'static str,
+    intent: Option<&'static str>,
+    answer: &'static str,
+    by: &'static str,
+}
+
+fn asked(action: &'static str, app: &'static str, answer: &'static str) -> Asked {
+    Asked {
+        action,
+        app,
+        intent: None,
+        answer,
+        by: "person",
+    }
+}
+
+/// Writes a run folder under `runs` whose trace holds `steps`, each decided as the current
+/// policy decides it (`policy explain --json`), with the answer it got.
+fn write_run(home: &Home, runs: &Path, name: &str, steps: &[Asked]) -> PathBuf {
+    let dir = runs.join(name);
+    std::fs::create_dir_all(&dir).expect("run dir");
+    let mut lines = vec![r#"{"record":"start","task":"tuning test"}"#.to_owned()];
+    for (i, step) in steps.iter().enumerate() {
+        let mut args = vec![step.action, "--app", step.app];
+        if let Some(intent) = step.intent {
+            args.extend(["--intent", intent]);
+        }
+        let decision = home.explain_json(&args);
+        assert_eq!(
+            decision["decision"], "ask",
+            "{} in {}",
+            step.action, step.app
+        );
+        let mut request = serde_json::json!({
+            "action": serde_json::from_str::<serde_json::Value>(step.action).unwrap(),
+            "app": step.app,
+        });
+        if let Some(intent) = step.intent {
+            request["declared_intent"] = intent.into();
+        }
+        lines.push(
+            serde_json::json!({
+                "record": "step",
+                "step": i + 1,
+                "request": request,
+                "decision": decision,
+                "answer": step.answer,
+                "answered_by": step.by,
+            })
+            .to_string(),
+        );
+    }
+    std::fs::write(dir.join("trace.jsonl"), lines.join("\n") + "\n").expect("write trace");
+    dir
+}
+
+#[test]
+fn suggest_learns_from_answers_and_diff_counts_what_the_suggestions_change() {
+    let home = Home::new();
+    home.write_policy(TUNING_POLICY);
+    let runs = home.dir.path().join("runs");
+    let click = |x: u32| -> &'static str {
+        Box::leak(format!(r#"{{"action":"click","x":{x},"y":50}}"#).into_boxed_str())
+    };
+    let send = Asked {
+        intent: Some("send_email"),
+        ..asked(click(900), "thunderbird", "once")
+    };
+    let first = write_run(
+        &home,
+        &runs,
+        "20261201-100000",
+        &[
+            asked(click(10), "firefox", "once"),
+            asked(click(20), "firefox", "session"),
+            asked(r#"{"action":"key","chord":"ctrl+w"}"#, "gedit", "deny"),
+            asked(r#"{"action":"type","text":"ls"}"#, "xterm", "once"),
+            send,
+            asked(click(30), "libreoffice", "once"),
+            // Answered by nobody (no terminal): not the person's word.
+            Asked {
+                by: "nobody",
+                ..asked(click(40), "galculator", "deny")
+            },
+        ],
+    );
+    let second = write_run(
+        &home,
+        &runs,
+        "20261201-110000",
+        &[
+            asked(click(10), "firefox", "once"),
+            asked(r#"{"action":"key","chord":"ctrl+w"}"#, "gedit", "deny"),
+            asked(r#"{"action":"type","text":"ls -la"}"#, "xterm", "once"),
+            Asked {
+                intent: Some("send_email"),
+                ..asked(click(910), "thunderbird", "session")
+            },
+            asked(click(30), "libreoffice", "deny"),
+            asked(
+                r#"{"action":"type","text":"id EMP-123456"}"#,
+                "gedit",
+                "once",
+            ),
+            asked(
+                r#"{"action":"type","text":"id EMP-654321"}"#,
+                "gedit",
+                "once",
+            ),
+        ],
+    );
+
+    let (code, suggested, err) =
+        home.run(&["suggest", first.to_str().unwrap(), second.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        suggested.contains("2 run(s), 13 ask(s) you answered (1 answered by --yes or by nobody"),
+        "{suggested}"
+    );
+    // All yes to the preset's asks: allow, scoped, with the traces' actions as examples.
+    let firefox = "[[rule]]\nid = \"suggested-allow-firefox-click\"\ndecision = \"allow\"\n";
+    assert!(suggested.contains(firefox), "{suggested}");
+    assert!(
+        suggested.contains("reason = \"you said yes to all 3 asks about click in firefox\"\napp = [\"firefox\"]\naction = [\"click\"]\n"),
+        "{suggested}"
+    );
+    assert!(
+        suggested.contains("  action = { action = \"click\", x = 20, y = 50"),
+        "{suggested}"
+    );
+    // All no: deny.
+    assert!(
+        suggested.contains("id = \"suggested-deny-gedit-key-ctrl-w\"\ndecision = \"deny\"\n"),
+        "{suggested}"
+    );
+    assert!(suggested.contains("keys = [\"ctrl+w\"]"), "{suggested}");
+    // The detector's matches never appear; the examples carry them redacted.
+    assert!(
+        !suggested.contains("123456") && !suggested.contains("654321"),
+        "{suggested}"
+    );
+    assert!(
+        suggested.contains("text = \"id [redacted:employee_id]\""),
+        "{suggested}"
+    );
+    // The floor: only a commented-out, scoped unlock.
+    assert!(
+        suggested.contains("# [[rule]]\n# id = \"suggested-allow-thunderbird-click-send_email\"\n"),
+        "{suggested}"
+    );
+    assert!(
+        suggested.contains("# unlock = [\"floor.risky_intent\"]"),
+        "{suggested}"
+    );
+    assert!(
+        !suggested.contains("\nunlock ="),
+        "an unlock is never suggested uncommented: {suggested}"
+    );
+    // A rule of the user's own asked: an allow rule cannot relax it.
+    assert!(
+        suggested.contains("rule 'terminal-asks' asked and you said yes every time"),
+        "{suggested}"
+    );
+    assert!(
+        suggested.contains("answered both ways: no rule suggested"),
+        "{suggested}"
+    );
+    assert!(!suggested.contains("galculator"), "{suggested}");
+    assert!(
+        suggested.contains("# 3 rule(s) suggested, 1 floor unlock(s) suggested commented out."),
+        "{suggested}"
+    );
+
+    // Applied as printed, the file still checks, examples included.
+    let applied = format!("{TUNING_POLICY}\n{suggested}");
+    home.write_policy(&applied);
+    let (code, out, err) = home.run(&["check"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("inline examples passed"), "{out}");
+
+    // diff: exactly the suggested changes, and exit 1 because asks would become allow.
+    let (code, out, err) = home.run(&["diff", "--runs", runs.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("14 decisions from 2 run(s)"), "{out}");
+    let row = |then: &str, now: &str, stricter: usize, looser: usize| {
+        out.lines().any(|l| {
+            let cells: Vec<&str> = l
+                .split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect();
+            cells == [then, now, &stricter.to_string(), &looser.to_string()]
+        })
+    };
+    assert!(
+        row(
+            "ask by preset",
+            "allow by suggested-allow-firefox-click",
+            0,
+            3
+        ),
+        "{out}"
+    );
+    assert!(
+        row(
+            "ask by preset",
+            "deny by suggested-deny-gedit-key-ctrl-w",
+            2,
+            0
+        ),
+        "{out}"
+    );
+    assert!(
+        row("ask by preset", "allow by suggested-allow-gedit-type", 0, 2),
+        "{out}"
+    );
+    assert!(
+        out.contains("7 would change: 2 stricter, 5 looser, 5 would become allow"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "20261201-110000 step 1: left click at (10, 50) in firefox: ask (preset) -> allow"
+        ),
+        "{out}"
+    );
+    assert!(
+        err.contains("5 decision(s) that were denied or asked would now be allowed"),
+        "{err}"
+    );
+
+    // Suggesting again from the same runs adds nothing: the file already decides them.
+    let (code, again, err) =
+        home.run(&["suggest", first.to_str().unwrap(), second.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(again.contains("# 0 rule(s) suggested"), "{again}");
+}

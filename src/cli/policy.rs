@@ -1,4 +1,5 @@
-//! `deskhand policy ...`: write, check, explain and replay the policy, and manage grants.
+//! `deskhand policy ...`: write, check, explain and replay the policy, learn from recorded
+//! runs, and manage grants.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -6,14 +7,18 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, anyhow};
 use clap::{Args, Subcommand};
 
+use crate::cli::trace::find_run;
 use crate::cli::{Failure, bad_input, print_json};
 use crate::input::Action;
+use crate::policy::tune::{
+    self, DEFAULT_MIN_ANSWERS, RecordedStep, SuggestContext, diff_table, layer_name, read_recorded,
+};
 use crate::policy::{
-    Decision, GrantStore, Intent, Layer, PolicyEngine, PolicyPaths, Preset, Request, Verdict,
+    Decision, GrantStore, Intent, PolicyEngine, PolicyPaths, Preset, Request, Verdict,
     starter_policy,
 };
 use crate::screen::{Screen, X11Screen};
-use crate::trace::{printable, read_jsonl};
+use crate::trace::{TRACE_FILE, printable, run_folders, runs_dir};
 
 #[derive(Debug, Args)]
 pub struct PolicyArgs {
@@ -65,10 +70,57 @@ pub enum PolicyCommand {
         #[arg(long)]
         with_grants: bool,
     },
+    /// Suggest rules from how you answered asks in recorded runs.
+    ///
+    /// Groups the asks you answered by the rule that asked, the program, the action (and
+    /// chord) and the intents, and prints a candidate rule as TOML for each group whose
+    /// answers agree: allow where you always said yes, deny where you always said no. Each
+    /// carries [[rule.example]] entries from the traces and has been checked against your
+    /// policy file, so `policy check` verifies it once pasted in. A floor item is only ever
+    /// suggested as a commented-out, scoped unlock, and only when every answer was yes. Asks
+    /// answered by --yes or by nobody (no terminal) are not learned from, and text the
+    /// detectors flag never appears.
+    #[command(after_help = SUGGEST_EXAMPLES)]
+    Suggest {
+        /// Run folders, or run names from `deskhand trace list`, or `last` (default: the
+        /// latest runs, see --last).
+        #[arg(value_name = "RUN")]
+        runs: Vec<String>,
+        /// Read the N latest runs [default: 20 when no RUN is named].
+        #[arg(long, value_name = "N")]
+        last: Option<usize>,
+        /// Fewest answers a group needs before a rule is suggested for it.
+        #[arg(long, value_name = "N", default_value_t = DEFAULT_MIN_ANSWERS)]
+        min_answers: usize,
+    },
+    /// Replay every recorded run against the current policy files, and count what changes.
+    ///
+    /// Prints a table of how many decisions each change of deciding rule makes stricter or
+    /// looser, then lists the looser ones. Exits 1 if any deny or ask would become allow, as
+    /// `policy test` does for one trace. Grants are not replayed unless --with-grants is
+    /// given.
+    Diff {
+        /// The folder holding the runs (default: $DESKHAND_RUNS_DIR or
+        /// ~/.local/share/deskhand/runs).
+        #[arg(long, value_name = "DIR")]
+        runs: Option<PathBuf>,
+        /// Count remembered grants too, as a live run would.
+        #[arg(long)]
+        with_grants: bool,
+    },
     /// List or revoke remembered "always" answers (~/.local/share/deskhand/grants.toml).
     #[command(subcommand)]
     Grants(GrantsCommand),
 }
+
+const SUGGEST_EXAMPLES: &str = "Examples:
+  deskhand policy suggest                  # the 20 latest runs
+  deskhand policy suggest --last 100 >> ~/.config/deskhand/policy.toml   # then edit, and:
+  deskhand policy check
+  deskhand policy diff                     # what the new rules change in past runs";
+
+/// Runs `policy suggest` reads when none are named.
+const DEFAULT_SUGGEST_RUNS: usize = 20;
 
 const EXPLAIN_EXAMPLES: &str = r#"Examples:
   deskhand policy explain '{"action":"type","text":"rm -rf ~"}' --app xterm
@@ -126,6 +178,12 @@ pub fn run(args: &PolicyArgs, display: Option<&str>) -> Result<(), Failure> {
         }
         PolicyCommand::Explain(explain_args) => explain(&paths, explain_args, display),
         PolicyCommand::Test { trace, with_grants } => replay(&paths, trace, *with_grants),
+        PolicyCommand::Suggest {
+            runs,
+            last,
+            min_answers,
+        } => suggest(&paths, runs, *last, *min_answers),
+        PolicyCommand::Diff { runs, with_grants } => diff(&paths, runs.as_deref(), *with_grants),
         PolicyCommand::Grants(GrantsCommand::List { json }) => grants_list(&paths, *json),
         PolicyCommand::Grants(GrantsCommand::Revoke { id }) => grants_revoke(&paths, id),
     }
@@ -287,109 +345,183 @@ fn print_decision(decision: &Decision) {
     }
 }
 
-fn layer_name(layer: Layer) -> &'static str {
-    match layer {
-        Layer::Floor => "floor",
-        Layer::System => "system",
-        Layer::User => "user",
-        Layer::Defaults => "defaults",
-        Layer::Preset => "preset",
-        Layer::Grants => "grant",
-        Layer::Session => "session",
-        Layer::Budget => "budget",
-        Layer::Locked => "locked",
-    }
-}
-
-/// One replayable line of a trace: the request and what was decided then.
-struct Recorded {
-    step: String,
-    request: Request,
-    verdict: Verdict,
-    rule: Option<String>,
-}
-
-fn read_trace(path: &Path) -> Result<Vec<Recorded>, Failure> {
-    let (lines, warnings) = read_jsonl::<serde_json::Value>(path).map_err(bad_input)?;
-    for warning in warnings {
-        eprintln!("warning: {warning}; skipped");
-    }
-    let mut recorded = Vec::new();
-    for (number, value) in lines {
-        let (Some(request), Some(decision)) = (value.get("request"), value.get("decision")) else {
-            continue; // run headers, aborts and notes carry no request
-        };
-        let parse = || -> Result<Recorded, serde_json::Error> {
-            Ok(Recorded {
-                step: value
-                    .get("step")
-                    .map_or_else(|| format!("line {number}"), |s| format!("step {s}")),
-                request: serde_json::from_value(request.clone())?,
-                verdict: serde_json::from_value(decision["decision"].clone())?,
-                rule: decision["rule"].as_str().map(str::to_owned),
-            })
-        };
-        recorded.push(parse().map_err(|e| {
-            bad_input(anyhow!(
-                "{}:{number}: the request or decision does not parse: {e}",
-                path.display()
-            ))
-        })?);
-    }
-    Ok(recorded)
-}
-
-fn replay(paths: &PolicyPaths, trace: &Path, with_grants: bool) -> Result<(), Failure> {
-    let recorded = read_trace(trace)?;
+/// The current files, loaded for a replay: broken files are an error, grants count only when
+/// asked for.
+fn replay_engine(paths: &PolicyPaths, with_grants: bool) -> Result<PolicyEngine, Failure> {
     let engine = PolicyEngine::try_load(paths).map_err(|errors| {
         anyhow!("{errors}\nthe policy is broken; fix it before replaying (deskhand policy check)")
     })?;
-    let engine = if with_grants {
+    Ok(if with_grants {
         engine
     } else {
         engine.with_grants(Vec::new())
-    };
-    let mut changed = 0;
-    let mut relaxed = 0;
-    for step in &recorded {
-        let now = engine.decide(&step.request);
-        if now.decision == step.verdict {
-            continue;
-        }
-        changed += 1;
-        let looser = now.decision < step.verdict;
-        if looser && now.decision == Verdict::Allow {
-            relaxed += 1;
-        }
-        let by = |rule: &Option<String>| rule.clone().unwrap_or_else(|| "no rule".into());
-        // The trace's requests hold what the model typed and what windows called themselves.
-        let line = format!(
-            "{}: {}{}: {} ({}) -> {} ({}: {}){}",
-            step.step,
-            step.request.action,
-            step.request
-                .app
-                .as_ref()
-                .map(|a| format!(" in {a}"))
-                .unwrap_or_default(),
-            step.verdict,
-            by(&step.rule),
-            now.decision,
-            now.rule.clone().unwrap_or_else(|| now.source.clone()),
-            now.reason,
-            if looser { "  [LOOSER]" } else { "" }
-        );
-        println!("{}", printable(&line));
+    })
+}
+
+/// The recorded steps of `trace`; skipped lines are warned about.
+fn recorded(trace: &Path) -> Result<Vec<RecordedStep>, Failure> {
+    let (steps, warnings) = read_recorded(trace).map_err(bad_input)?;
+    for warning in warnings {
+        eprintln!("warning: {warning}; skipped");
     }
+    Ok(steps)
+}
+
+fn replay(paths: &PolicyPaths, trace: &Path, with_grants: bool) -> Result<(), Failure> {
+    let recorded = recorded(trace)?;
+    let engine = replay_engine(paths, with_grants)?;
+    let changes = tune::replay(&engine, &recorded);
+    for change in &changes {
+        // The trace's requests hold what the model typed and what windows called themselves.
+        println!("{}", printable(&change.describe()));
+    }
+    let relaxed = changes.iter().filter(|c| c.relaxed()).count();
     println!(
-        "{} steps replayed against {}: {changed} would change, {relaxed} would become allow",
+        "{} steps replayed against {}: {} would change, {relaxed} would become allow",
         recorded.len(),
-        paths.user.display()
+        paths.user.display(),
+        changes.len()
     );
     if relaxed > 0 {
         return Err(
             anyhow!("{relaxed} step(s) that were denied or asked would now be allowed").into(),
         );
+    }
+    Ok(())
+}
+
+/// The run folders `policy suggest` reads: those named, else the `last` latest.
+fn suggest_runs(named: &[String], last: Option<usize>) -> Result<Vec<PathBuf>, Failure> {
+    let mut folders = Vec::new();
+    for name in named {
+        folders.push(find_run(name)?);
+    }
+    if named.is_empty() || last.is_some() {
+        let all = run_folders(&runs_dir()?)?;
+        let keep = last.unwrap_or(DEFAULT_SUGGEST_RUNS);
+        folders.extend(all.into_iter().rev().take(keep).rev());
+    }
+    folders.sort();
+    folders.dedup();
+    Ok(folders)
+}
+
+fn suggest(
+    paths: &PolicyPaths,
+    named: &[String],
+    last: Option<usize>,
+    min_answers: usize,
+) -> Result<(), Failure> {
+    let folders = suggest_runs(named, last)?;
+    if folders.is_empty() {
+        return Err(bad_input(anyhow!(
+            "no recorded runs in {}; run deskhand first, or name run folders",
+            runs_dir()?.display()
+        )));
+    }
+    let mut steps = Vec::new();
+    for folder in &folders {
+        steps.extend(recorded(&folder.join(TRACE_FILE))?);
+    }
+    let current = replay_engine(paths, false)?;
+    let verify = |candidate: &str| -> Result<(), String> {
+        PolicyEngine::try_load_with(paths, Some(candidate))
+            .map(|_| ())
+            .map_err(|errors| errors.to_string())
+    };
+    let found = tune::suggest(
+        &steps,
+        &SuggestContext {
+            current: &current,
+            verify: &verify,
+            min_answers,
+        },
+    );
+    println!(
+        "# deskhand policy suggest: {} run(s), {} ask(s) you answered{}.\n# Review each rule, paste the ones you want into {}, then run `deskhand policy check`\n# and `deskhand policy diff` to see what they change in past runs.\n",
+        folders.len(),
+        found.answered,
+        if found.not_by_a_person > 0 {
+            format!(
+                " ({} answered by --yes or by nobody, not learned from)",
+                found.not_by_a_person
+            )
+        } else {
+            String::new()
+        },
+        paths.user.display()
+    );
+    // Program names come from other programs' windows.
+    for line in found.toml.lines() {
+        println!("{}", printable(line));
+    }
+    println!(
+        "# {} rule(s) suggested, {} floor unlock(s) suggested commented out.",
+        found.rules, found.unlocks
+    );
+    Ok(())
+}
+
+fn diff(paths: &PolicyPaths, runs: Option<&Path>, with_grants: bool) -> Result<(), Failure> {
+    let dir = match runs {
+        Some(dir) => dir.to_path_buf(),
+        None => runs_dir()?,
+    };
+    let folders = run_folders(&dir)?;
+    if folders.is_empty() {
+        return Err(bad_input(anyhow!(
+            "no recorded runs in {}; name the folder with --runs DIR",
+            dir.display()
+        )));
+    }
+    let mut steps = Vec::new();
+    for folder in &folders {
+        steps.extend(recorded(&folder.join(TRACE_FILE))?);
+    }
+    let engine = replay_engine(paths, with_grants)?;
+    let changes = tune::replay(&engine, &steps);
+    println!(
+        "{} decisions from {} run(s) in {} replayed against the current policy ({})",
+        steps.len(),
+        folders.len(),
+        dir.display(),
+        paths.user.display()
+    );
+    let table = diff_table(&changes);
+    if !table.is_empty() {
+        let then_width = table.iter().map(|r| r.then.len()).max().unwrap_or(0).max(4);
+        let now_width = table.iter().map(|r| r.now.len()).max().unwrap_or(0).max(3);
+        println!(
+            "\n{:<then_width$}  {:<now_width$}  {:>8}  {:>6}",
+            "THEN", "NOW", "STRICTER", "LOOSER"
+        );
+        for row in &table {
+            let line = format!(
+                "{:<then_width$}  {:<now_width$}  {:>8}  {:>6}",
+                row.then, row.now, row.stricter, row.looser
+            );
+            println!("{}", printable(&line));
+        }
+    }
+    let looser: Vec<_> = changes.iter().filter(|c| c.looser()).collect();
+    if !looser.is_empty() {
+        println!("\nlooser:");
+        for change in &looser {
+            println!("  {}", printable(&change.describe()));
+        }
+    }
+    let relaxed = changes.iter().filter(|c| c.relaxed()).count();
+    println!(
+        "\n{} would change: {} stricter, {} looser, {relaxed} would become allow",
+        changes.len(),
+        changes.len() - looser.len(),
+        looser.len()
+    );
+    if relaxed > 0 {
+        return Err(anyhow!(
+            "{relaxed} decision(s) that were denied or asked would now be allowed"
+        )
+        .into());
     }
     Ok(())
 }

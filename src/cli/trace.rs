@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use clap::Subcommand;
 
 use crate::cli::{Failure, bad_input, print_json};
-use crate::trace::{TraceError, TraceLine, printable, read_trace, runs_dir, write_report};
+use crate::trace::{
+    TraceError, TraceLine, printable, read_trace, run_folders, runs_dir, write_report,
+};
 
 #[derive(Debug, Subcommand)]
 pub enum TraceCommand {
@@ -43,23 +45,8 @@ pub fn run(cmd: &TraceCommand) -> Result<(), Failure> {
     }
 }
 
-fn run_folders(runs: &Path) -> Result<Vec<PathBuf>, TraceError> {
-    let entries = match std::fs::read_dir(runs) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(TraceError::io("read", runs, e)),
-    };
-    let mut folders: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.join("trace.jsonl").is_file())
-        .collect();
-    // Folder names start with the time, so name order is time order.
-    folders.sort();
-    Ok(folders)
-}
-
-fn find_run(name: &str) -> Result<PathBuf, Failure> {
+/// A run named on the command line: a run folder's path, its name, or `last`.
+pub(crate) fn find_run(name: &str) -> Result<PathBuf, Failure> {
     let given = Path::new(name);
     if given.join("trace.jsonl").is_file() {
         return Ok(given.to_path_buf());

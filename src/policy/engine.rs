@@ -256,6 +256,15 @@ impl PolicyEngine {
 
     /// Like `load`, but a broken policy is an error.
     pub fn try_load(paths: &PolicyPaths) -> Result<PolicyEngine, PolicyErrors> {
+        PolicyEngine::try_load_with(paths, None)
+    }
+
+    /// Like `try_load`, with `user_addition` appended to the user's file as if it were
+    /// written there: how `policy suggest` checks a candidate rule before printing it.
+    pub fn try_load_with(
+        paths: &PolicyPaths,
+        user_addition: Option<&str>,
+    ) -> Result<PolicyEngine, PolicyErrors> {
         let mut sources = Vec::new();
         let mut errors = Vec::new();
         let mut notes = Vec::new();
@@ -307,6 +316,18 @@ impl PolicyEngine {
         }
         if !errors.is_empty() {
             return Err(PolicyErrors(errors));
+        }
+        if let Some(addition) = user_addition {
+            match sources
+                .iter_mut()
+                .find(|(layer, _, _)| *layer == Layer::User)
+            {
+                Some((_, _, text)) => {
+                    text.push('\n');
+                    text.push_str(addition);
+                }
+                None => sources.push((Layer::User, paths.user.clone(), addition.to_owned())),
+            }
         }
         let mut engine = PolicyEngine::from_sources(sources)?;
         engine.notes.extend(notes);

@@ -9,6 +9,9 @@
 //!   intents from the text and the window), which can only raise risk.
 //! - `grants`: remembered "always" answers in their own program-written file.
 //! - `budget`: steps, rates, repeats, per-intent caps and the task timeout.
+//! - `tune`: learning from recorded runs: replaying them against the current files
+//!   (`policy test`, `policy diff`) and turning the person's answers into candidate rules
+//!   (`policy suggest`).
 
 mod budget;
 mod detect;
@@ -22,6 +25,7 @@ mod rule;
 mod seen;
 #[cfg(test)]
 mod tests;
+pub mod tune;
 
 use std::fmt;
 use std::str::FromStr;

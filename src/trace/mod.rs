@@ -18,7 +18,7 @@ use crate::policy::{Answer, Decision, Request};
 use crate::screen::FrameMap;
 
 pub use report::{render_report, write_report};
-pub use writer::{TraceWriter, read_jsonl, read_trace, runs_dir};
+pub use writer::{TRACE_FILE, TraceWriter, read_jsonl, read_trace, run_folders, runs_dir};
 
 /// One line of `trace.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -227,7 +227,22 @@ pub struct StepRecord {
     pub decision: Option<Decision>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer: Option<Answer>,
+    /// Who gave `answer`: `policy suggest` learns only from what a person answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_by: Option<AnsweredBy>,
     pub outcome: Outcome,
+}
+
+/// Who answered an ask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnsweredBy {
+    /// Someone at the terminal or in the ask dialog.
+    Person,
+    /// `--yes`, which answers "once" to every ask the floor and the budgets do not own.
+    YesFlag,
+    /// Nobody could be asked (no terminal, no display), so the ask was refused.
+    Nobody,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -308,7 +308,7 @@ fn step_section(out: &mut String, run_dir: &Path, s: &StepRecord, embed: bool) -
         window_row(out, req)?;
     }
     if let Some(d) = &s.decision {
-        decision_block(out, d, s.answer.as_ref())?;
+        decision_block(out, d, s.answer.as_ref(), s.answered_by)?;
     } else if let Some(answer) = &s.answer {
         write!(
             out,
@@ -350,6 +350,7 @@ fn decision_block(
     out: &mut String,
     d: &Decision,
     answer: Option<&crate::policy::Answer>,
+    by: Option<super::AnsweredBy>,
 ) -> fmt::Result {
     let v = d.decision.name();
     write!(
@@ -372,11 +373,12 @@ fn decision_block(
         esc(&d.reason)
     )?;
     if let Some(answer) = answer {
-        write!(
-            out,
-            "<div><b>The person answered:</b> {}</div>",
-            esc(&serde_name(answer))
-        )?;
+        let who = match by {
+            Some(super::AnsweredBy::Nobody) => "Nobody could answer, so",
+            Some(super::AnsweredBy::YesFlag) => "--yes answered",
+            Some(super::AnsweredBy::Person) | None => "The person answered:",
+        };
+        write!(out, "<div><b>{who}</b> {}</div>", esc(&serde_name(answer)))?;
     }
     if !d.grants.is_empty() {
         write!(
@@ -937,6 +939,7 @@ mod tests {
             request: Some(Request::new(action)),
             decision: Some(decision),
             answer: None,
+            answered_by: None,
             outcome,
         }))
     }

@@ -22,6 +22,23 @@ pub fn runs_dir() -> Result<PathBuf, TraceError> {
         .ok_or(TraceError::NoRunsDir)
 }
 
+/// The run folders under `runs` that hold a trace, oldest first. A missing `runs` has none.
+pub fn run_folders(runs: &Path) -> Result<Vec<PathBuf>, TraceError> {
+    let entries = match std::fs::read_dir(runs) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(TraceError::io("read", runs, e)),
+    };
+    let mut folders: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.join(TRACE_FILE).is_file())
+        .collect();
+    // Folder names start with the time, so name order is time order.
+    folders.sort();
+    Ok(folders)
+}
+
 type FrameJob = (PathBuf, image::RgbImage);
 
 /// Frames waiting to be encoded at most.
