@@ -205,6 +205,8 @@ fn the_email_that_started_it_all() {
     // Nobody answered, which counts as the person's no; the model is told so in its next turn.
     assert_eq!(balanced.send_step()["outcome"]["by"], "user");
     assert_eq!(balanced.send_step()["answer"], "deny");
+    // The trace says nobody was there to answer, so `policy suggest` does not learn from it.
+    assert_eq!(balanced.send_step()["answered_by"], "nobody");
 
     // 2. A user rule unlocks send_email in that composer for that recipient: sent, no ask.
     let unlocked = run(

@@ -24,7 +24,8 @@ fn the_tiny_vlm_sees_a_real_screenshot_and_returns_a_valid_action() {
         width: TINY_IMAGE_SIZE,
         height: TINY_IMAGE_SIZE,
     });
-    config.n_ctx = 4096;
+    // The tiny vocabulary spends a token a byte: the prompt alone is about 4,100 tokens.
+    config.n_ctx = deskhand::model::tiny::TINY_CONTEXT_LENGTH;
     let engine = LlamaEngine::load(config).unwrap();
     let mut session = engine.session().unwrap();
 

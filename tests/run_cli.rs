@@ -422,6 +422,7 @@ fn run_opens_no_network_sockets_inside_an_empty_network_namespace() {
         .args(["run", "click the red square"])
         .args(setup.script_args(&script, &[]))
         .env("DISPLAY", display.name())
+        .env("DESKHAND_NO_DIALOG", "1")
         .env_remove("WAYLAND_DISPLAY");
     setup.configure(&mut cmd);
     let child = cmd.spawn().expect("start unshare --net deskhand run");
@@ -863,4 +864,42 @@ fn a_paste_is_judged_by_what_the_clipboard_holds() {
     assert_eq!(keys, 0, "the paste reached the window");
     let text = std::fs::read_to_string(setup.run_dir().join("trace.jsonl")).expect("trace");
     assert!(!text.contains("4111"), "{text}");
+}
+
+#[test]
+fn an_intent_the_model_declares_raises_the_risk_of_a_harmless_click() {
+    let display = display(1024, 768);
+    let window = TestWindow::open(&display, "640x480+0+0", "declared intent");
+    let red = window.target("red");
+    let setup = Setup::new(BALANCED);
+    // The same click twice: first as it is, then declared as deleting something.
+    let script = setup.script(&[
+        click(red.x, red.y),
+        format!(
+            r#"{{"action":"click","x":{},"y":{},"intent":"delete"}}"#,
+            red.x, red.y
+        ),
+        done(),
+    ]);
+    let (code, stdout, stderr) = setup.run_script(&display, "click the red square", &script, &[]);
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let trace = setup.trace();
+    let plain = step(&trace, 1);
+    assert_eq!(plain["decision"]["decision"], "allow", "{plain}");
+    assert_eq!(plain["request"]["declared_intent"], "other", "{plain}");
+    let declared = step(&trace, 2);
+    assert_eq!(
+        declared["request"]["declared_intent"], "delete",
+        "{declared}"
+    );
+    assert_eq!(declared["decision"]["decision"], "ask", "{declared}");
+    assert_eq!(
+        declared["decision"]["rule"], "floor.risky_intent",
+        "{declared}"
+    );
+    // Nobody could answer (stdin is /dev/null): not clicked a second time.
+    assert_eq!(declared["outcome"]["status"], "refused", "{declared}");
+    let events = window.quiet_events();
+    let presses = events_after_ready(&events, &["button_press"]);
+    assert_eq!(presses.len(), 1, "{presses:?}");
 }

@@ -40,6 +40,7 @@ impl<F: FnMut(&Frame, usize) -> Action> Backend for ScreenReader<F> {
             raw: action.to_json(),
             thought: Some(format!("test backend step {}", self.step)),
             action,
+            intent: None,
             timings: Timings::default(),
         })
     }
@@ -320,7 +321,12 @@ struct DistractedPerson<'a> {
 }
 
 impl User for DistractedPerson<'_> {
-    fn ask(&mut self, request: &Request, _decision: &Decision) -> UserAnswer {
+    fn ask(
+        &mut self,
+        request: &Request,
+        _decision: &Decision,
+        _frame: Option<&deskhand::screen::Frame>,
+    ) -> UserAnswer {
         self.asks.push((request.app.clone(), request.title.clone()));
         if self.opened.is_none() {
             self.opened = Some(TestWindow::open(

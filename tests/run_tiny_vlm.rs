@@ -32,6 +32,8 @@ fn tiny_run(display: &VirtualDisplay, dir: &Path, max_steps: u32) -> Command {
         .arg("--policy")
         .arg(&policy)
         .env("DISPLAY", display.name())
+        // Nobody answers the asks random weights run into.
+        .env("DESKHAND_NO_DIALOG", "1")
         .env("DESKHAND_RUNS_DIR", dir.join("runs"))
         .env("DESKHAND_GRANTS", dir.join("grants.toml"))
         .env("DESKHAND_SYSTEM_POLICY", "none")

@@ -4,6 +4,7 @@
 //! Every stage is reached through its trait (`Screen`, `Backend`, `Policy`, `Hands`,
 //! `Recorder`, `User`), so the loop is the same for a real model, a script or a test double.
 
+pub mod dialog;
 mod script;
 mod user;
 
@@ -15,14 +16,14 @@ pub use user::{TerminalUser, Unattended, User, UserAnswer};
 
 use crate::input::{ABORT_EXIT_CODE, AbortReason, AbortSignal, Action, Hands, InputError};
 use crate::model::{Backend, ModelError, PastTurn, Prompt, Reply, UnusableReply, ms};
-use crate::policy::{Answer, Decision, Layer, Policy, Request, Verdict, WindowRef};
+use crate::policy::{Answer, Decision, Intent, Layer, Policy, Request, Verdict, WindowRef};
 use crate::screen::{
     ActiveWindow, Frame, FrameTarget, MonitorInfo, Observation, Screen, SettleOptions,
     changed_fraction, observe,
 };
 use crate::trace::{
-    FrameRecord, ModelRecord, Outcome, Recorder, Refuser, RunEnd, RunStart, RunStatus, StepRecord,
-    StepTimings, now_rfc3339, printable,
+    AnsweredBy, FrameRecord, ModelRecord, Outcome, Recorder, Refuser, RunEnd, RunStart, RunStatus,
+    StepRecord, StepTimings, now_rfc3339, printable,
 };
 
 /// Exit status when the policy is broken and deskhand is locked.
@@ -386,7 +387,8 @@ impl Context<'_, '_> {
             Ok(reply) => reply,
             Err(next) => return next,
         };
-        let checked = match self.check(&mut draft, &reply.action, active) {
+        let seen = state.current.as_ref();
+        let checked = match self.check(&mut draft, &reply.action, reply.intent, active, seen) {
             Ok(checked) => checked,
             Err(next) => return next,
         };
@@ -559,24 +561,27 @@ impl Context<'_, '_> {
         &mut self,
         draft: &mut Draft,
         action: &Action,
+        declared: Option<Intent>,
         active: Option<ActiveWindow>,
+        frame: Option<&Frame>,
     ) -> Result<Checked, Next> {
         self.user.phase(draft.step, "policy");
         let policy_started = Instant::now();
         let seen = self.windows_reached(action, active);
-        let mut request = seen.request(action, self.monitors);
+        let declared = declared.unwrap_or(Intent::Other);
+        let mut request = seen.request(action, self.monitors).with_intent(declared);
         let mut decision = self.policy.check(&request);
         draft.timings.policy_ms = ms(policy_started.elapsed());
 
         let ask_started = Instant::now();
-        let (mut verdict, mut answer) = self.settle_ask(draft, &request, &decision)?;
+        let (mut verdict, mut answer) = self.settle_ask(draft, &request, &decision, frame)?;
         // Between the screenshot and now, decoding and a waiting ask may have taken seconds,
         // and the focus, the windows under the pointer or the clipboard may have changed:
         // look again, and if they did, decide again for what the input would reach now.
         if verdict == Verdict::Allow && action.touches_desktop() && !self.options.dry_run {
             let now = self.windows_reached(action, self.screen.active_window().ok().flatten());
             if now.differs_from(&seen) {
-                request = now.request(action, self.monitors);
+                request = now.request(action, self.monitors).with_intent(declared);
                 decision = self.policy.recheck(&request);
                 self.user.note(&format!(
                     "step {}: the windows changed before acting ({}); decided again: {}",
@@ -584,7 +589,7 @@ impl Context<'_, '_> {
                     now.describe(),
                     decision.decision
                 ));
-                let (again, given) = self.settle_ask(draft, &request, &decision)?;
+                let (again, given) = self.settle_ask(draft, &request, &decision, frame)?;
                 verdict = again;
                 answer = given.or(answer);
             }
@@ -615,12 +620,13 @@ impl Context<'_, '_> {
         draft: &Draft,
         request: &Request,
         decision: &Decision,
-    ) -> Result<(Verdict, Option<Answer>), Next> {
+        frame: Option<&Frame>,
+    ) -> Result<(Verdict, Option<Given>), Next> {
         if decision.decision != Verdict::Ask {
             return Ok((decision.decision, None));
         }
         self.user.phase(draft.step, "waiting for you");
-        match self.resolve_ask(request, decision) {
+        match self.resolve_ask(request, decision, frame) {
             Ok((verdict, given)) => Ok((verdict, Some(given))),
             Err(reason) => {
                 let mut rec = draft.record(Outcome::Aborted {
@@ -660,7 +666,7 @@ impl Context<'_, '_> {
         self.user.phase(step, "act");
         let act_started = Instant::now();
         let outcome = self
-            .act(action, verdict, &decision, answer, state)
+            .act(action, verdict, &decision, answer.map(|g| g.answer), state)
             .redacted(|text| self.policy.redact(text));
         draft.timings.act_ms = ms(act_started.elapsed());
         if matches!(outcome, Outcome::Executed { .. }) {
@@ -699,7 +705,8 @@ impl Context<'_, '_> {
         rec.action = Some(redacted_action);
         rec.request = Some(request);
         rec.decision = Some(decision);
-        rec.answer = answer;
+        rec.answer = answer.map(|g| g.answer);
+        rec.answered_by = answer.map(|g| g.by);
         if let Err(e) = self.recorder.step(&rec) {
             return end(
                 1,
@@ -753,31 +760,34 @@ impl Context<'_, '_> {
         &mut self,
         request: &Request,
         decision: &Decision,
-    ) -> Result<(Verdict, Answer), AbortReason> {
+        frame: Option<&Frame>,
+    ) -> Result<(Verdict, Given), AbortReason> {
         let for_the_person = decision
             .asking()
             .any(|m| matches!(m.layer, Layer::Floor | Layer::Budget));
-        let given = if self.options.yes && !for_the_person {
-            Answer::Once
+        let (answer, by) = if self.options.yes && !for_the_person {
+            (Answer::Once, AnsweredBy::YesFlag)
         } else {
             let mut shown = request.clone();
             shown.action = self.redact_action(&request.action);
             shown.pasted = request.pasted.as_deref().map(|t| self.policy.redact(t));
-            match self.user.ask(&shown, decision) {
-                UserAnswer::Answer(answer) => answer,
+            match self.user.ask(&shown, decision, frame) {
+                UserAnswer::Answer(answer) => (answer, AnsweredBy::Person),
+                UserAnswer::Nobody => (Answer::Deny, AnsweredBy::Nobody),
                 UserAnswer::Abort => {
                     self.abort.trigger(AbortReason::User);
                     return Err(AbortReason::User);
                 }
             }
         };
-        match self.policy.answer(request, decision, given) {
-            Ok(verdict) => Ok((verdict, given)),
+        match self.policy.answer(request, decision, answer) {
+            Ok(verdict) => Ok((verdict, Given { answer, by })),
             Err(e) => {
                 // The person allowed it; only remembering failed (a floor ask, or the grant
                 // file could not be written). Allow this once and say so.
                 self.user.note(&format!("{e}; allowing this once"));
-                Ok((Verdict::Allow, Answer::Once))
+                let answer = Answer::Once;
+                Ok((Verdict::Allow, Given { answer, by }))
             }
         }
     }
@@ -978,6 +988,7 @@ impl Draft {
             request: None,
             decision: None,
             answer: None,
+            answered_by: None,
             outcome,
         }
     }
@@ -988,7 +999,14 @@ struct Checked {
     request: Request,
     decision: Decision,
     verdict: Verdict,
-    answer: Option<Answer>,
+    answer: Option<Given>,
+}
+
+/// An answer to an ask, and who gave it.
+#[derive(Debug, Clone, Copy)]
+struct Given {
+    answer: Answer,
+    by: AnsweredBy,
 }
 
 /// The windows one action reaches, and what it would paste, as read at one moment.
@@ -1157,6 +1175,7 @@ mod tests {
                 raw: action.to_json(),
                 thought: None,
                 action,
+                intent: None,
                 timings: Timings::default(),
             })
         }
@@ -1172,6 +1191,7 @@ mod tests {
                 raw: action.to_json(),
                 thought: None,
                 action,
+                intent: None,
                 timings: Timings::default(),
             })
         }

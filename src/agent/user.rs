@@ -1,5 +1,6 @@
 //! The person at the terminal: answers asks and `call_user` questions, and watches one live
-//! progress line per step.
+//! progress line per step. Without a terminal but with a display, asks go to a dialog window
+//! of deskhand's own (`dialog`).
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
@@ -7,8 +8,10 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::dialog::{self, AskDialog, Choice};
 use crate::input::{AbortSignal, Action};
 use crate::policy::{Answer, Decision, Intent, Layer, Request};
+use crate::screen::Frame;
 use crate::trace::printable;
 
 /// What the person said to an ask.
@@ -17,12 +20,15 @@ pub enum UserAnswer {
     Answer(Answer),
     /// Stop the run now.
     Abort,
+    /// Nobody could be asked: the ask is refused, and the trace says nobody answered.
+    Nobody,
 }
 
 /// The loop's view of the person running it.
 pub trait User {
-    /// The policy asks about `request`. Without a person to ask, the answer is deny.
-    fn ask(&mut self, request: &Request, decision: &Decision) -> UserAnswer;
+    /// The policy asks about `request`; `frame` is the screen the model saw, for a picture
+    /// of where the action lands. Without a person to ask, the answer is `Nobody`.
+    fn ask(&mut self, request: &Request, decision: &Decision, frame: Option<&Frame>) -> UserAnswer;
     /// The model asks the person a question; `None` when nobody can answer.
     fn reply(&mut self, question: &str) -> Option<String>;
     /// The step is in `phase` now.
@@ -34,10 +40,13 @@ pub trait User {
 }
 
 /// The terminal: a spinner line on stderr, questions on stderr, answers from stdin. When stdin
-/// is not a terminal nobody can answer, so every ask is denied and questions go unanswered.
+/// is not a terminal, asks go to a dialog on the display if there is one; otherwise nobody can
+/// answer, so every ask is denied and questions go unanswered.
 pub struct TerminalUser {
     bar: Option<ProgressBar>,
     interactive: bool,
+    /// The X display for the ask dialog, when stdin is not a terminal.
+    dialog_display: Option<String>,
     /// The run's abort switch: a prompt that is waiting gives up when it flips.
     abort: Option<AbortSignal>,
     /// Lines read from stdin by a thread of their own, so that waiting for an answer can
@@ -59,6 +68,7 @@ impl TerminalUser {
         TerminalUser {
             bar,
             interactive: std::io::stdin().is_terminal(),
+            dialog_display: None,
             abort: None,
             lines: None,
         }
@@ -68,6 +78,40 @@ impl TerminalUser {
     pub fn with_abort(mut self, abort: AbortSignal) -> TerminalUser {
         self.abort = Some(abort);
         self
+    }
+
+    /// Asks without a terminal go to a dialog window on `display` (an empty name: none).
+    pub fn with_dialog_on(mut self, display: Option<String>) -> TerminalUser {
+        self.dialog_display = display.filter(|d| !d.is_empty());
+        self
+    }
+
+    /// Shows the ask as a dialog; `None` when it could not be shown (said on stderr).
+    fn ask_in_dialog(
+        &self,
+        display: &str,
+        request: &Request,
+        decision: &Decision,
+        frame: Option<&Frame>,
+    ) -> Option<UserAnswer> {
+        let ask = AskDialog {
+            text: ask_details(request, decision),
+            picture: frame.and_then(|f| dialog::crop_around(f, &request.action.points())),
+            choices: ask_choices(decision),
+        };
+        self.print(&format!(
+            "the policy asks:\n{}\n  stdin is not a terminal: asking in a window on display {display}",
+            ask.text
+        ));
+        match dialog::show(display, &ask, self.abort.as_ref()) {
+            Ok(answer) => Some(answer),
+            Err(e) => {
+                self.print(&format!(
+                    "  cannot show the ask dialog ({e}), so nobody can answer: denied"
+                ));
+                None
+            }
+        }
     }
 
     fn aborted(&self) -> bool {
@@ -145,29 +189,31 @@ impl Drop for TerminalUser {
 }
 
 impl User for TerminalUser {
-    fn ask(&mut self, request: &Request, decision: &Decision) -> UserAnswer {
-        let details = ask_details(request, decision);
+    fn ask(&mut self, request: &Request, decision: &Decision, frame: Option<&Frame>) -> UserAnswer {
         if !self.interactive {
-            self.print(&format!(
-                "the policy asks:\n{details}\n  stdin is not a terminal, so nobody can answer: denied"
-            ));
-            return UserAnswer::Answer(Answer::Deny);
-        }
-        let mut choices = vec![("o", "once")];
-        if decision.rememberable {
-            choices.push(("s", "session"));
-            if !decision.session_only {
-                choices.push(("a", "always"));
+            if let Some(display) = self.dialog_display.clone()
+                && let Some(answer) = self.ask_in_dialog(&display, request, decision, frame)
+            {
+                return answer;
             }
+            if self.dialog_display.is_none() {
+                self.print(&format!(
+                    "the policy asks:\n{}\n  stdin is not a terminal, so nobody can answer: denied",
+                    ask_details(request, decision)
+                ));
+            }
+            return UserAnswer::Nobody;
         }
-        choices.push(("d", "deny"));
-        choices.push(("x", "abort"));
-        let menu: Vec<String> = choices.iter().map(|(k, w)| format!("[{k}] {w}")).collect();
+        let details = ask_details(request, decision);
+        let choices = ask_choices(decision);
+        let menu: Vec<String> = choices
+            .iter()
+            .map(|c| format!("[{}] {}", c.key, c.word))
+            .collect();
         let question = format!(
             "\nThe policy asks before this:\n{details}\n  {} ? ",
             menu.join("  ")
         );
-        let always = decision.rememberable && !decision.session_only;
         loop {
             let Some(answer) = self.prompt(&question) else {
                 if self.aborted() {
@@ -175,15 +221,17 @@ impl User for TerminalUser {
                 }
                 return UserAnswer::Answer(Answer::Deny);
             };
-            let picked = match answer.to_lowercase().as_str() {
-                "o" | "once" | "y" | "yes" => UserAnswer::Answer(Answer::Once),
-                "s" | "session" if decision.rememberable => UserAnswer::Answer(Answer::Session),
-                "a" | "always" if always => UserAnswer::Answer(Answer::Always),
-                "d" | "deny" | "n" | "no" => UserAnswer::Answer(Answer::Deny),
-                "x" | "abort" => UserAnswer::Abort,
-                _ => continue,
+            let answer = match answer.to_lowercase().as_str() {
+                "y" | "yes" => "once".to_owned(),
+                "n" | "no" => "deny".to_owned(),
+                other => other.to_owned(),
             };
-            return picked;
+            if let Some(choice) = choices
+                .iter()
+                .find(|c| answer == c.word || answer == c.key.to_string())
+            {
+                return choice.answer;
+            }
         }
     }
 
@@ -212,6 +260,22 @@ impl User for TerminalUser {
     fn note(&mut self, line: &str) {
         self.print(line);
     }
+}
+
+/// The answers an ask offers, with the key that picks each: "session" and "always" only where
+/// the asking entries let an answer be remembered.
+pub fn ask_choices(decision: &Decision) -> Vec<Choice> {
+    let choice = |key, word, answer| Choice { key, word, answer };
+    let mut choices = vec![choice('o', "once", UserAnswer::Answer(Answer::Once))];
+    if decision.rememberable {
+        choices.push(choice('s', "session", UserAnswer::Answer(Answer::Session)));
+        if !decision.session_only {
+            choices.push(choice('a', "always", UserAnswer::Answer(Answer::Always)));
+        }
+    }
+    choices.push(choice('d', "deny", UserAnswer::Answer(Answer::Deny)));
+    choices.push(choice('x', "abort", UserAnswer::Abort));
+    choices
 }
 
 /// What an ask shows, one fact a line: the action, the window that gets it (app and title),
@@ -299,8 +363,13 @@ pub fn ask_details(request: &Request, decision: &Decision) -> String {
 pub struct Unattended;
 
 impl User for Unattended {
-    fn ask(&mut self, _request: &Request, _decision: &Decision) -> UserAnswer {
-        UserAnswer::Answer(Answer::Deny)
+    fn ask(
+        &mut self,
+        _request: &Request,
+        _decision: &Decision,
+        _frame: Option<&Frame>,
+    ) -> UserAnswer {
+        UserAnswer::Nobody
     }
 
     fn reply(&mut self, _question: &str) -> Option<String> {

@@ -253,7 +253,9 @@ pub fn step(args: &StepBenchArgs) -> Result<(), Failure> {
             unchanged: u32::MAX,
             refusals: u32::MAX,
             model_errors: u32::MAX,
-            timeout: Duration::from_secs(3600),
+            // A real-size model's full re-evaluation takes minutes a step: the bench counts
+            // steps, not time, so no run of it may end on the clock.
+            timeout: Duration::from_secs(7 * 24 * 3600),
         },
         engine: model_name.clone(),
         policy: "permissive preset, no budgets".into(),
@@ -638,8 +640,12 @@ impl Rig<'_> {
                 .map(|d| d.to_path_buf())
                 .ok_or_else(|| anyhow!("the trace writer has no folder"))?;
             eprintln!("running steps {}..{wanted}", steps.len() + 1);
+            // A run that ended early is followed by one for the steps still missing, no more.
+            let mut options = options.clone();
+            options.guards.max_steps =
+                u32::try_from(wanted - steps.len()).unwrap_or(options.guards.max_steps);
             agent::run(
-                options,
+                &options,
                 Stages {
                     screen: &mut *self.screen,
                     monitor: self.monitor.clone(),

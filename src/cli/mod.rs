@@ -351,7 +351,8 @@ fn act(display: Option<&str>, args: &ActArgs) -> Result<(), Failure> {
         Err(
             e @ (InputError::Action(_)
             | InputError::OffScreen { .. }
-            | InputError::CornerTarget { .. }),
+            | InputError::CornerTarget { .. }
+            | InputError::OwnWindow { .. }),
         ) => {
             return Err(bad_input(e));
         }

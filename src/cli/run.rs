@@ -80,6 +80,10 @@ pub struct RunArgs {
     /// ask you).
     #[arg(long)]
     pub yes: bool,
+    /// Without a terminal, deny every ask instead of showing it in a window on the display
+    /// (also set by DESKHAND_NO_DIALOG=1).
+    #[arg(long, env = "DESKHAND_NO_DIALOG", value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_dialog: bool,
     /// End the run when the model proposes the same action this many times in a row
     /// (waits excepted). Raise it for tasks that scroll a long page step by step.
     #[arg(long, default_value_t = 4, value_name = "N")]
@@ -251,7 +255,16 @@ pub fn run(args: &RunArgs, display: Option<&str>) -> Result<(), Failure> {
             policy_label
         },
     };
-    let mut user = TerminalUser::new().with_abort(abort.clone());
+    let dialog_display = if args.no_dialog {
+        None
+    } else {
+        display
+            .map(str::to_owned)
+            .or_else(|| std::env::var("DISPLAY").ok())
+    };
+    let mut user = TerminalUser::new()
+        .with_abort(abort.clone())
+        .with_dialog_on(dialog_display);
     let result = agent::run(
         &options,
         Stages {

@@ -64,6 +64,13 @@ pub enum InputError {
         point: ScreenPoint,
         margin: i32,
     },
+    #[error(
+        "{action}: point {point} is on deskhand's own ask dialog, which only the person may answer"
+    )]
+    OwnWindow {
+        action: &'static str,
+        point: ScreenPoint,
+    },
     #[error("aborted: {0}; every held key and button was released")]
     Aborted(AbortReason),
     #[error(
@@ -337,6 +344,12 @@ impl<D: InputDevice + 'static> Executor<D> {
             };
             if i == 0 {
                 first_monitor = Some(m.index);
+            }
+            if crate::screen::in_own_window(p).is_some() {
+                return Err(InputError::OwnWindow {
+                    action: action.kind(),
+                    point: p,
+                });
             }
             if self.failsafe && in_corner_zone(&self.monitors, p) {
                 return Err(InputError::CornerTarget {
@@ -837,6 +850,31 @@ mod tests {
         // Inner corners where two monitors meet are ordinary points.
         let done = ex.perform(&Action::Move { x: 1280, y: 0 }).unwrap();
         assert_eq!(done.monitor, Some(1));
+    }
+
+    #[test]
+    fn points_on_deskhands_own_dialog_are_refused_while_it_is_open() {
+        let fake = Fake::default();
+        let mut ex = executor(&fake);
+        let click = Action::Click {
+            x: 2050,
+            y: 920,
+            button: MouseButton::Left,
+        };
+        {
+            // Away from the points other tests act on: the registry is process-wide.
+            let _dialog = crate::screen::OwnWindow::register(crate::screen::OwnArea {
+                x: 2000,
+                y: 900,
+                width: 100,
+                height: 50,
+            });
+            let err = ex.perform(&click).unwrap_err();
+            assert!(matches!(err, InputError::OwnWindow { .. }), "{err}");
+            assert!(err.to_string().contains("ask dialog"), "{err}");
+            assert!(fake.events().is_empty());
+        }
+        assert!(ex.perform(&click).is_ok());
     }
 
     #[test]

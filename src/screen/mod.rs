@@ -2,6 +2,7 @@
 //! and map coordinates between model frames and physical screen pixels.
 
 mod frame;
+mod own;
 mod settle;
 mod x11;
 mod xvfb;
@@ -17,6 +18,7 @@ pub use frame::{
     Frame, FrameError, FrameMap, FrameTarget, MapError, ModelPoint, PixelOrder, PointFormat,
     RawCapture, ScreenPoint, TargetError,
 };
+pub use own::{OwnArea, OwnWindow, hide_own_windows, in_own_window, own_areas};
 pub use settle::{SettleOptions, Settled, changed_fraction, wait_until_stable};
 pub use x11::X11Screen;
 pub use xvfb::{VirtualDisplay, VirtualDisplayError};

@@ -514,10 +514,11 @@ impl Screen for X11Screen {
         target: FrameTarget,
     ) -> Result<Frame, ScreenError> {
         let started = Instant::now();
-        let frame =
+        let mut frame =
             self.with_pixels(monitor.x, monitor.y, monitor.width, monitor.height, |raw| {
                 Ok(raw.into_frame(monitor, target)?)
             })?;
+        super::hide_own_windows(&mut frame);
         tracing::trace!(
             monitor = %monitor.name,
             ms = started.elapsed().as_secs_f64() * 1e3,
