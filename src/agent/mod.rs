@@ -932,20 +932,7 @@ impl Context<'_, '_> {
 
     /// The action with everything the model wrote passed through the detectors.
     fn redact_action(&self, action: &Action) -> Action {
-        let redact = |text: &str| self.policy.redact(text);
-        match action {
-            Action::Type { text } => Action::Type { text: redact(text) },
-            Action::Done { summary } => Action::Done {
-                summary: redact(summary),
-            },
-            Action::Fail { reason } => Action::Fail {
-                reason: redact(reason),
-            },
-            Action::CallUser { question } => Action::CallUser {
-                question: redact(question),
-            },
-            other => other.clone(),
-        }
+        action.with_text_redacted(|text| self.policy.redact(text))
     }
 }
 

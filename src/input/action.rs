@@ -139,6 +139,24 @@ impl Action {
         Ok(action)
     }
 
+    /// The same action with every text the model wrote (what it types, its summary, reason or
+    /// question) passed through `redact`, for records and suggestions.
+    pub fn with_text_redacted(&self, redact: impl Fn(&str) -> String) -> Action {
+        match self {
+            Action::Type { text } => Action::Type { text: redact(text) },
+            Action::Done { summary } => Action::Done {
+                summary: redact(summary),
+            },
+            Action::Fail { reason } => Action::Fail {
+                reason: redact(reason),
+            },
+            Action::CallUser { question } => Action::CallUser {
+                question: redact(question),
+            },
+            other => other.clone(),
+        }
+    }
+
     pub fn to_json(&self) -> String {
         // Serializing plain data with string keys cannot fail.
         serde_json::to_string(self).unwrap_or_default()

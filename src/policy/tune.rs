@@ -630,18 +630,5 @@ fn rule_toml(
 
 /// The action with whatever today's detectors flag in its text replaced.
 fn redacted_action(action: &Action, current: &PolicyEngine) -> Action {
-    let redact = |text: &str| current.detectors().redact(text);
-    match action {
-        Action::Type { text } => Action::Type { text: redact(text) },
-        Action::Done { summary } => Action::Done {
-            summary: redact(summary),
-        },
-        Action::Fail { reason } => Action::Fail {
-            reason: redact(reason),
-        },
-        Action::CallUser { question } => Action::CallUser {
-            question: redact(question),
-        },
-        other => other.clone(),
-    }
+    action.with_text_redacted(|text| current.detectors().redact(text))
 }
