@@ -28,6 +28,13 @@ struct Dialog {
 
 /// Waits for deskhand's ask dialog to be mapped on `display`.
 fn find_dialog(display: &VirtualDisplay, run: &mut Run) -> Dialog {
+    // The dialog ignores input for its first 600 ms, so a person typing elsewhere cannot
+    // answer it by accident.
+    find_dialog_after(display, run, Duration::from_millis(800))
+}
+
+/// Waits for the dialog, then `settle` more.
+fn find_dialog_after(display: &VirtualDisplay, run: &mut Run, settle: Duration) -> Dialog {
     let stderr = run.stderr_path();
     let stderr = stderr.as_path();
     let (conn, screen) = x11rb::connect(Some(display.name())).expect("connect to the display");
@@ -71,6 +78,7 @@ fn find_dialog(display: &VirtualDisplay, run: &mut Run) -> Dialog {
             if !viewable || !focused {
                 continue;
             }
+            std::thread::sleep(settle);
             let at = conn
                 .translate_coordinates(window, root, 0, 0)
                 .unwrap()
@@ -271,6 +279,24 @@ fn the_ask_dialog_is_answered_by_its_buttons_and_its_keys() {
     let (_, trace) = run.finish();
     let step = first_step(&trace);
     assert_eq!(step["answer"], "once", "{step}");
+    assert_eq!(
+        events_after_ready(&window.quiet_events(), &["button_press"]).len(),
+        2
+    );
+
+    // 5 (first, while the window is fresh). A key typed the moment the dialog appears, meant
+    // for another window, answers nothing: the dialog is still there for a deliberate "d".
+    let mut run = Run::start(&display, red.x, red.y);
+    find_dialog_after(&display, &mut run, Duration::ZERO);
+    act_ok(&display, r#"{"action":"key","chord":"o"}"#);
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        run.child.try_wait().expect("wait").is_none(),
+        "an early key answered the dialog"
+    );
+    act_ok(&display, r#"{"action":"key","chord":"d"}"#);
+    let (_, trace) = run.finish();
+    assert_eq!(first_step(&trace)["answer"], "deny");
     assert_eq!(
         events_after_ready(&window.quiet_events(), &["button_press"]).len(),
         2

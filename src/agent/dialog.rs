@@ -16,7 +16,7 @@
 //! It talks to X with x11rb directly and draws with the core font `fixed`, so it needs nothing
 //! that a bare X server lacks. Text the font cannot show (outside Latin-1) is drawn as `?`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use image::RgbImage;
 use thiserror::Error;
@@ -53,6 +53,10 @@ const PAD: i32 = 12;
 const BUTTON_GAP: i32 = 10;
 /// How often the dialog looks at the abort signal while it waits.
 const POLL: Duration = Duration::from_millis(20);
+/// Keys and clicks this soon after the dialog appears are ignored: the dialog takes the
+/// keyboard focus, and a person typing into another window must not answer it by accident
+/// (an "o" meant for their document would be "once").
+const ARMING_DELAY: Duration = Duration::from_millis(600);
 
 /// One answer the dialog offers: the key that picks it, its word and what it means.
 #[derive(Debug, Clone, Copy)]
@@ -701,6 +705,9 @@ fn wait_for_answer(
     let delete = atom(conn, "WM_DELETE_WINDOW")?;
     let deny = UserAnswer::Answer(crate::policy::Answer::Deny);
     let mut pressed_on: Option<usize> = None;
+    // From when the dialog is viewable; until then nothing can reach it anyway.
+    let mut shown_at: Option<Instant> = None;
+    let armed = |shown_at: Option<Instant>| shown_at.is_some_and(|t| t.elapsed() >= ARMING_DELAY);
     loop {
         if abort.is_some_and(|a| a.reason().is_some()) {
             return Ok(UserAnswer::Abort);
@@ -715,6 +722,7 @@ fn wait_for_answer(
                 conn.flush()?;
             }
             Event::MapNotify(_) => {
+                shown_at = Some(Instant::now());
                 // Viewable now, so it can take the keyboard.
                 conn.set_input_focus(InputFocus::PARENT, shown.window, x11rb::CURRENT_TIME)?;
                 conn.flush()?;
@@ -732,6 +740,9 @@ fn wait_for_answer(
                         height: u32::from(height) + 2,
                     });
                 }
+            }
+            Event::ButtonPress(_) | Event::KeyPress(_) if !armed(shown_at) => {
+                pressed_on = None;
             }
             Event::ButtonPress(e) if e.detail == 1 => {
                 pressed_on = shown
