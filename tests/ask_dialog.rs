@@ -128,19 +128,24 @@ impl Run {
     /// Starts `deskhand run` with no terminal and the dialog allowed, on a script that clicks
     /// `(x, y)` declaring it deletes something (the floor asks about that every time).
     fn start(display: &VirtualDisplay, x: i32, y: i32) -> Run {
+        let click = format!(r#"{{"action":"click","x":{x},"y":{y},"intent":"delete"}}"#);
+        Run::start_script(display, &[click], true)
+    }
+
+    /// A run of `actions` then `done`; `dialog`: whether its asks may open the dialog.
+    fn start_script(display: &VirtualDisplay, actions: &[String], dialog: bool) -> Run {
         let dir = tempfile::tempdir().expect("temp dir");
         let script = dir.path().join("script.jsonl");
-        std::fs::write(
-            &script,
-            format!(
-                "{{\"action\":\"click\",\"x\":{x},\"y\":{y},\"intent\":\"delete\"}}\n{{\"action\":\"done\",\"summary\":\"done\"}}\n"
-            ),
-        )
-        .expect("write the script");
+        let mut lines = actions.to_vec();
+        lines.push(r#"{"action":"done","summary":"done"}"#.to_owned());
+        std::fs::write(&script, lines.join("\n") + "\n").expect("write the script");
         std::fs::write(dir.path().join("policy.toml"), BALANCED).expect("write the policy");
         std::fs::create_dir(dir.path().join("models")).expect("models dir");
-        let child = deskhand(display)
-            .env_remove("DESKHAND_NO_DIALOG")
+        let mut command = deskhand(display);
+        if dialog {
+            command.env_remove("DESKHAND_NO_DIALOG");
+        }
+        let child = command
             .args(["run", "delete the red square", "--script"])
             .arg(&script)
             .env("DESKHAND_RUNS_DIR", dir.path().join("runs"))
@@ -301,6 +306,37 @@ fn the_ask_dialog_is_answered_by_its_buttons_and_its_keys() {
         events_after_ready(&window.quiet_events(), &["button_press"]).len(),
         2
     );
+
+    // 6. Another agent (a second deskhand run) cannot answer the dialog: neither the key it
+    // presses into the focused dialog nor its click on the [o] button gets through.
+    let mut first = Run::start(&display, red.x, red.y);
+    let dialog = find_dialog(&display, &mut first);
+    let (ox, oy) = dialog.button('o');
+    let intruder = Run::start_script(
+        &display,
+        &[
+            r#"{"action":"key","chord":"o"}"#.to_owned(),
+            format!(r#"{{"action":"click","x":{ox},"y":{oy}}}"#),
+        ],
+        false,
+    );
+    let (code, trace) = intruder.finish();
+    assert_eq!(code, 0, "{trace:?}");
+    for n in [1, 2] {
+        let step = trace
+            .iter()
+            .find(|l| l["record"] == "step" && l["step"] == n)
+            .unwrap_or_else(|| panic!("no step {n}: {trace:?}"));
+        assert_eq!(step["decision"]["rule"], "floor.own_window", "{step}");
+        assert_eq!(step["outcome"]["status"], "refused", "{step}");
+    }
+    assert!(
+        first.child.try_wait().expect("wait").is_none(),
+        "the other run answered the dialog"
+    );
+    act_ok(&display, r#"{"action":"key","chord":"d"}"#);
+    let (_, trace) = first.finish();
+    assert_eq!(first_step(&trace)["answer"], "deny");
 
     // 4. Tab moves the focus from deny to abort; Return there stops the run.
     let mut run = Run::start(&display, red.x, red.y);

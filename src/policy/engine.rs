@@ -865,6 +865,9 @@ impl<'r> Unlocks<'r> {
     }
 }
 
+/// The program name deskhand's own windows have (`ActiveWindow::app_name`, from the process).
+const OWN_PROGRAM: &str = "deskhand";
+
 /// The built-in rules no file can remove, less what matching rules unlock; and the unlocks
 /// that applied.
 fn floor_matches(
@@ -916,6 +919,17 @@ fn floor_matches(
             "floor.caps_lock",
             Verdict::Deny,
             "Caps Lock changes what every later key types, behind the detectors' back; type capitals as capitals".into(),
+        ));
+    }
+    // Another deskhand process (a second run, `deskhand act` driven by an agent) could answer
+    // this one's ask dialog; within one process the executor already refuses its area.
+    if facts.app.as_deref() == Some(OWN_PROGRAM)
+        && !matches!(facts.kind, "move" | "wait" | "done" | "fail" | "call_user")
+    {
+        matched.push(floor(
+            "floor.own_window",
+            Verdict::Deny,
+            "this is a window of deskhand's own (its ask dialog): only the person answers it, never an agent".into(),
         ));
     }
     if touches_own_files(facts, own_files) {

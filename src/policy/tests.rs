@@ -1050,6 +1050,42 @@ fn caps_lock_and_kde_session_chords_are_floor_denies() {
 }
 
 #[test]
+fn no_agent_answers_deskhands_own_dialog_whichever_rule_allows() {
+    let engine = user_engine(&policy(
+        "permissive",
+        "[[rule]]\nid = \"all\"\ndecision = \"allow\"\nreason = \"x\"\naction = [\"key\", \"click\"]\n",
+    ));
+    for request in [
+        in_app(key("o"), "deskhand", Some("deskhand asks")),
+        in_app(
+            request(r#"{"action":"click","x":10,"y":10}"#),
+            "deskhand",
+            None,
+        ),
+    ] {
+        let decision = engine.decide(&request);
+        assert_eq!(decision.decision, Verdict::Deny, "{request:?}");
+        assert_eq!(decision.rule.as_deref(), Some("floor.own_window"));
+    }
+    // A click on it while another window has the focus: judged for the window under it too.
+    let under = request(r#"{"action":"click","x":10,"y":10}"#)
+        .with_window(Some("gedit".into()), None)
+        .with_windows_under_pointer(vec![WindowRef {
+            app: Some("deskhand".into()),
+            title: Some("deskhand asks".into()),
+            id: Some(7),
+        }]);
+    assert_eq!(verdict(&engine, &under), Verdict::Deny);
+    // Moving the pointer over it is not input to it.
+    let over = in_app(
+        request(r#"{"action":"move","x":10,"y":10}"#),
+        "deskhand",
+        None,
+    );
+    assert_eq!(verdict(&engine, &over), Verdict::Allow);
+}
+
+#[test]
 fn input_that_would_edit_deskhands_own_policy_is_denied() {
     let engine = user_engine(&policy("permissive", ""));
     let denied = [
