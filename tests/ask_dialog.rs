@@ -182,11 +182,9 @@ impl Run {
             std::thread::sleep(Duration::from_millis(20));
         };
         let runs = self.dir.path().join("runs");
-        let run_dir = std::fs::read_dir(&runs)
+        let run_dir = deskhand::trace::run_folders(&runs)
             .expect("the runs folder")
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .find(|p| p.join("trace.jsonl").is_file())
+            .pop()
             .expect("a run folder with a trace");
         (
             status.code().unwrap_or(-1),

@@ -123,11 +123,9 @@ fn run(case: &Case, dir: &Path) -> Outcome {
         std::thread::sleep(Duration::from_millis(20));
     }
     let events = composer.quiet_events();
-    let run_dir = std::fs::read_dir(&runs)
+    let run_dir = deskhand::trace::run_folders(&runs)
         .expect("the runs folder")
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| p.join("trace.jsonl").is_file())
+        .pop()
         .expect("a run folder with a trace");
     let mail: Vec<&Value> = events.iter().filter(|e| e["event"] == "mail").collect();
     assert_eq!(

@@ -591,30 +591,20 @@ fn set_properties(
         AtomEnum::STRING,
         class.as_bytes(),
     )?;
-    let dialog_type = atom(conn, "_NET_WM_WINDOW_TYPE_DIALOG")?;
-    conn.change_property32(
-        PropMode::REPLACE,
-        window,
-        atom(conn, "_NET_WM_WINDOW_TYPE")?,
-        AtomEnum::ATOM,
-        &[dialog_type],
-    )?;
-    let above = atom(conn, "_NET_WM_STATE_ABOVE")?;
-    conn.change_property32(
-        PropMode::REPLACE,
-        window,
-        atom(conn, "_NET_WM_STATE")?,
-        AtomEnum::ATOM,
-        &[above],
-    )?;
-    let delete = atom(conn, "WM_DELETE_WINDOW")?;
-    conn.change_property32(
-        PropMode::REPLACE,
-        window,
-        atom(conn, "WM_PROTOCOLS")?,
-        AtomEnum::ATOM,
-        &[delete],
-    )?;
+    // Properties whose value is one atom: the window type, "above", and the close button.
+    for (property, value) in [
+        ("_NET_WM_WINDOW_TYPE", "_NET_WM_WINDOW_TYPE_DIALOG"),
+        ("_NET_WM_STATE", "_NET_WM_STATE_ABOVE"),
+        ("WM_PROTOCOLS", "WM_DELETE_WINDOW"),
+    ] {
+        conn.change_property32(
+            PropMode::REPLACE,
+            window,
+            atom(conn, property)?,
+            AtomEnum::ATOM,
+            &[atom(conn, value)?],
+        )?;
+    }
     // WM_HINTS: input (flag 1) true, so window managers give it the keyboard.
     conn.change_property32(
         PropMode::REPLACE,
