@@ -388,7 +388,7 @@ impl Context<'_, '_> {
             Err(next) => return next,
         };
         let seen = state.current.as_ref();
-        let checked = match self.check(&mut draft, &reply.action, reply.intent, active, seen) {
+        let checked = match self.check(&mut draft, &reply, active, seen) {
             Ok(checked) => checked,
             Err(next) => return next,
         };
@@ -560,15 +560,15 @@ impl Context<'_, '_> {
     fn check(
         &mut self,
         draft: &mut Draft,
-        action: &Action,
-        declared: Option<Intent>,
+        reply: &Reply,
         active: Option<ActiveWindow>,
         frame: Option<&Frame>,
     ) -> Result<Checked, Next> {
+        let action = &reply.action;
         self.user.phase(draft.step, "policy");
         let policy_started = Instant::now();
         let seen = self.windows_reached(action, active);
-        let declared = declared.unwrap_or(Intent::Other);
+        let declared = reply.intent.unwrap_or(Intent::Other);
         let mut request = seen.request(action, self.monitors).with_intent(declared);
         let mut decision = self.policy.check(&request);
         draft.timings.policy_ms = ms(policy_started.elapsed());
