@@ -381,6 +381,11 @@ fn tokens_before_image(
 #[derive(Debug, Clone, Copy, Serialize)]
 struct MtmdCliFigures {
     encode_ms: f64,
+    /// Its decode of the image tokens after its encode, by the same mtmd helper timer that
+    /// deskhand's figure reads: the like-for-like reference. Printed only at `-lv 4`.
+    image_prefill_ms: Option<f64>,
+    /// The image tokens it decoded, to check that both sides decoded the same number.
+    image_tokens: Option<usize>,
     peak_rss_mb: f64,
 }
 
@@ -403,6 +408,8 @@ fn mtmd_cli(
         .args(["-p", "Open the Settings window and turn on dark mode."])
         .args(["-n", "4", "--temp", "0", "-ngl", "0"])
         .args(["-t", &threads.to_string()])
+        // Trace verbosity, for mtmd's "image decoded (batch i/n) in N ms".
+        .args(["-lv", "4"])
         .args(["-c", &config.n_ctx.to_string()])
         .args(["-b", &config.n_batch.to_string()])
         .args(["-ub", &config.n_ubatch.to_string()]);
@@ -434,10 +441,34 @@ fn mtmd_cli(
     if encode.is_empty() {
         return Err(anyhow!("{} printed no image encode time", binary.display()).into());
     }
+    let image = image_decode_lines(&log);
     Ok(MtmdCliFigures {
         encode_ms: encode.iter().sum(),
+        image_prefill_ms: image.map(|(ms, _)| ms),
+        image_tokens: image.map(|(_, tokens)| tokens),
         peak_rss_mb,
     })
+}
+
+/// mtmd's own lines about decoding image tokens, "decoding image batch 1/1, n_tokens_batch =
+/// 1150" and "image decoded (batch 1/1) in 55012 ms": the milliseconds and tokens over all
+/// batches, or None when the log has no such line.
+fn image_decode_lines(log: &str) -> Option<(f64, usize)> {
+    let number_after = |line: &str, marker: &str| -> Option<f64> {
+        let (_, rest) = line.split_once(marker)?;
+        rest.split_whitespace().next()?.parse().ok()
+    };
+    let ms: Vec<f64> = log
+        .lines()
+        .filter(|l| l.contains("image decoded (batch "))
+        .filter_map(|l| number_after(l, ") in "))
+        .collect();
+    let tokens: f64 = log
+        .lines()
+        .filter(|l| l.contains("decoding image batch "))
+        .filter_map(|l| number_after(l, "n_tokens_batch = "))
+        .sum();
+    (!ms.is_empty()).then(|| (ms.iter().sum(), tokens as usize))
 }
 
 /// Runs a child to completion and returns its output and its peak resident memory in MB.
@@ -683,9 +714,12 @@ struct ModelReport {
     ref_prefill_tok_s: Option<f64>,
     ref_decode_tok_s: Option<f64>,
     ref_image_encode_ms: Option<f64>,
-    /// llama-bench's prefill of as many tokens as the image has, at the same depth in the
-    /// cache (-p N -d D).
+    /// llama-mtmd-cli's decode of the image tokens after its encode of the same image, by
+    /// the same mtmd timer as `image_prefill_ms`.
     ref_image_prefill_ms: Option<f64>,
+    /// A second reference: llama-bench's prefill of as many text tokens as the image has, at
+    /// the same depth in the cache (-p N -d D), with no encode before it.
+    ref_image_prefill_bench_ms: Option<f64>,
     ref_peak_rss_mb: Option<f64>,
     /// deskhand ÷ llama.cpp as speed: above 1 means deskhand is faster.
     ratio_prefill: Option<f64>,
@@ -709,9 +743,14 @@ impl ModelReport {
         reference_image: Option<MtmdCliFigures>,
     ) -> ModelReport {
         let time_ratio = |ref_ms: f64, ours_ms: f64| ref_ms / ours_ms;
-        let ref_image_prefill_ms = image.zip(reference.as_ref()).and_then(|(i, r)| {
+        let ref_image_prefill_bench_ms = image.zip(reference.as_ref()).and_then(|(i, r)| {
             r.image_prefill_tokens_per_s
                 .map(|tok_s| i.image_tokens as f64 / tok_s * 1e3)
+        });
+        // Only a decode of as many image tokens is the same work.
+        let ref_image_prefill_ms = image.zip(reference_image).and_then(|(i, r)| {
+            r.image_prefill_ms
+                .filter(|_| r.image_tokens == Some(i.image_tokens))
         });
         let reference = reference.map(|r| r.speeds);
         ModelReport {
@@ -730,6 +769,7 @@ impl ModelReport {
             ref_decode_tok_s: reference.map(|r| r.decode_tokens_per_s),
             ref_image_encode_ms: reference_image.map(|r| r.encode_ms),
             ref_image_prefill_ms,
+            ref_image_prefill_bench_ms,
             ref_peak_rss_mb: reference_image.map(|r| r.peak_rss_mb),
             ratio_prefill: reference.map(|r| ours.prefill_tokens_per_s / r.prefill_tokens_per_s),
             ratio_decode: reference.map(|r| ours.decode_tokens_per_s / r.decode_tokens_per_s),
@@ -778,6 +818,7 @@ impl ModelReport {
             ref_decode_tok_s: median(|r| r.ref_decode_tok_s),
             ref_image_encode_ms: median(|r| r.ref_image_encode_ms),
             ref_image_prefill_ms: median(|r| r.ref_image_prefill_ms),
+            ref_image_prefill_bench_ms: median(|r| r.ref_image_prefill_bench_ms),
             ref_peak_rss_mb,
             ratio_prefill: median(|r| r.ratio_prefill),
             ratio_decode: median(|r| r.ratio_decode),
@@ -839,10 +880,14 @@ impl ModelReport {
                 "-"
             );
             println!(
-                "image prefill ms    {:>9}    {:>9}   {}   (llama.cpp: llama-bench, as many tokens at the same depth)",
+                "image prefill ms    {:>9}    {:>9}   {}   (llama.cpp: llama-mtmd-cli, after its encode)",
                 opt(self.image_prefill_ms, 0),
                 opt(self.ref_image_prefill_ms, 0),
                 opt(self.ratio_image_prefill, 3)
+            );
+            println!(
+                "                                 {:>9}   (llama-bench: as many text tokens at the same depth)",
+                opt(self.ref_image_prefill_bench_ms, 0),
             );
         }
         println!(
@@ -879,8 +924,8 @@ fn print_steps(step: &StepFigures) {
 mod tests {
     use super::*;
 
-    fn round(ours_tok_s: f64, ref_tok_s: f64, encode_ms: f64, ref_encode_ms: f64) -> ModelReport {
-        let args = ModelBenchArgs {
+    fn args() -> ModelBenchArgs {
+        ModelBenchArgs {
             model: "m.gguf".into(),
             mmproj: Some("p.gguf".into()),
             family: None,
@@ -894,7 +939,11 @@ mod tests {
             llama_tools: None,
             no_reference: false,
             json: true,
-        };
+        }
+    }
+
+    fn round(ours_tok_s: f64, ref_tok_s: f64, encode_ms: f64, ref_encode_ms: f64) -> ModelReport {
+        let args = args();
         let speeds = |tok_s| Speeds {
             prefill_tokens_per_s: tok_s,
             decode_tokens_per_s: tok_s / 10.0,
@@ -912,6 +961,8 @@ mod tests {
         };
         let reference_image = MtmdCliFigures {
             encode_ms: ref_encode_ms,
+            image_prefill_ms: Some(900.0),
+            image_tokens: Some(1200),
             peak_rss_mb: ref_encode_ms / 10.0,
         };
         ModelReport::new(
@@ -953,6 +1004,52 @@ mod tests {
         .unwrap();
         assert_eq!(two.prefill_tok_s, 50.0);
         assert_eq!(two.ratio_prefill, Some(1.0));
+    }
+
+    #[test]
+    fn the_image_prefill_reference_is_llama_mtmd_cli_s_own_decode_of_as_many_tokens() {
+        let report = round(50.0, 50.0, 1000.0, 1000.0);
+        // llama-mtmd-cli's 900 ms against deskhand's 1000 ms; llama-bench's 1200 tokens at
+        // 1200 tok/s kept beside it.
+        assert_eq!(report.ref_image_prefill_ms, Some(900.0));
+        assert_eq!(report.ratio_image_prefill, Some(0.9));
+        assert_eq!(report.ref_image_prefill_bench_ms, Some(1000.0));
+
+        let log = "I mtmd batch encoding done in 51234 ms\n\
+                   I decoding image batch 1/2, n_tokens_batch = 1024\n\
+                   I image decoded (batch 1/2) in 40000 ms\n\
+                   I decoding image batch 2/2, n_tokens_batch = 126\n\
+                   I image decoded (batch 2/2) in 5012 ms\n";
+        assert_eq!(image_decode_lines(log), Some((45012.0, 1150)));
+        assert_eq!(
+            image_decode_lines("I mtmd batch encoding done in 5 ms\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn a_reference_that_decoded_another_number_of_image_tokens_is_not_compared() {
+        let args = args();
+        let speeds = Speeds {
+            prefill_tokens_per_s: 1.0,
+            decode_tokens_per_s: 1.0,
+        };
+        let image = ImageFigures {
+            image_tokens: 1200,
+            tokens_before: 50,
+            encode_ms: 1.0,
+            preprocess_ms: 0.0,
+            prefill_ms: 1000.0,
+        };
+        let other = MtmdCliFigures {
+            encode_ms: 1.0,
+            image_prefill_ms: Some(500.0),
+            image_tokens: Some(600),
+            peak_rss_mb: 1.0,
+        };
+        let report = ModelReport::new(&args, 2, speeds, Some(image), 1.0, None, Some(other));
+        assert_eq!(report.ref_image_prefill_ms, None);
+        assert_eq!(report.ratio_image_prefill, None);
     }
 
     #[test]
