@@ -6,6 +6,7 @@ pub mod bench;
 pub mod cli;
 pub mod files;
 pub mod input;
+pub mod mcp;
 pub mod model;
 pub mod policy;
 pub mod screen;

@@ -115,6 +115,7 @@ fn run_loop_with(
         engine: "test backend".into(),
         policy: "balanced".into(),
         unlocks: Vec::new(),
+        client: None,
     };
     let result = agent::run(
         &options,

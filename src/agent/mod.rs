@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub use script::ScriptBackend;
-pub use user::{TerminalUser, Unattended, User, UserAnswer};
+pub use user::{TerminalUser, Unattended, User, UserAnswer, ask_choices, ask_details};
 
 use crate::input::{ABORT_EXIT_CODE, AbortReason, AbortSignal, Action, Hands, InputError};
 use crate::model::{Backend, ModelError, PastTurn, Prompt, Reply, UnusableReply, ms};
@@ -75,6 +75,8 @@ pub struct RunOptions {
     pub policy: String,
     /// The policy's unlocks of floor entries (and the refused ones), for the trace's header.
     pub unlocks: Vec<String>,
+    /// The MCP client driving the run, for the trace's header.
+    pub client: Option<String>,
 }
 
 /// The stages one run uses.
@@ -278,6 +280,7 @@ pub fn run(options: &RunOptions, stages: Stages<'_>) -> RunResult {
         max_steps: options.guards.max_steps,
         images: options.window.images,
         unlocks: options.unlocks.clone(),
+        client: options.client.clone(),
     };
     let mut result = RunResult {
         exit_code: 1,
@@ -718,40 +721,8 @@ impl Context<'_, '_> {
         ended
     }
 
-    /// The windows `action` would reach: the active one (keys and text) and the top-level
-    /// windows under its points (clicks, scrolls, drags). A window that cannot be read counts
-    /// as an unknown window, which no allow rule for a named app covers.
     fn windows_reached(&self, action: &Action, active: Option<ActiveWindow>) -> WindowsReached {
-        let points = action.points();
-        let under_pointer = match self.screen.windows_at(&points) {
-            Ok(windows) => windows.into_iter().map(Some).collect(),
-            Err(e) => {
-                tracing::warn!("cannot read the windows under the pointer: {e}");
-                points.iter().map(|_| None).take(1).collect()
-            }
-        };
-        WindowsReached {
-            active,
-            under_pointer,
-            pasted: self.pasted_text(action),
-        }
-    }
-
-    /// What `action` would paste, if it is a paste: every selection it may insert, read now.
-    /// `None` when one of them cannot be read.
-    fn pasted_text(&self, action: &Action) -> Option<String> {
-        let mut texts = Vec::new();
-        for &selection in action.pastes() {
-            match self.screen.selection_text(selection) {
-                Ok(Some(text)) => texts.push(text),
-                Ok(None) => return None,
-                Err(e) => {
-                    tracing::warn!("cannot read the {selection:?} selection: {e}");
-                    return None;
-                }
-            }
-        }
-        Some(texts.join("\n"))
+        windows_reached(&*self.screen, action, active)
     }
 
     /// Settles an ask: `--yes`, or the person. The floor's and the budgets' asks always go to
@@ -773,6 +744,7 @@ impl Context<'_, '_> {
             shown.pasted = request.pasted.as_deref().map(|t| self.policy.redact(t));
             match self.user.ask(&shown, decision, frame) {
                 UserAnswer::Answer(answer) => (answer, AnsweredBy::Person),
+                UserAnswer::Client(answer) => (answer, AnsweredBy::Client),
                 UserAnswer::Nobody => (Answer::Deny, AnsweredBy::Nobody),
                 UserAnswer::Abort => {
                     self.abort.trigger(AbortReason::User);
@@ -934,6 +906,54 @@ impl Context<'_, '_> {
     fn redact_action(&self, action: &Action) -> Action {
         action.with_text_redacted(|text| self.policy.redact(text))
     }
+}
+
+/// The windows `action` would reach: the active one (keys and text) and the top-level windows
+/// under its points (clicks, scrolls, drags). A window that cannot be read counts as an unknown
+/// window, which no allow rule for a named app covers.
+fn windows_reached(
+    screen: &dyn Screen,
+    action: &Action,
+    active: Option<ActiveWindow>,
+) -> WindowsReached {
+    let points = action.points();
+    let under_pointer = match screen.windows_at(&points) {
+        Ok(windows) => windows.into_iter().map(Some).collect(),
+        Err(e) => {
+            tracing::warn!("cannot read the windows under the pointer: {e}");
+            points.iter().map(|_| None).take(1).collect()
+        }
+    };
+    WindowsReached {
+        active,
+        under_pointer,
+        pasted: pasted_text(screen, action),
+    }
+}
+
+/// What `action` would paste, if it is a paste: every selection it may insert, read now.
+/// `None` when one of them cannot be read.
+fn pasted_text(screen: &dyn Screen, action: &Action) -> Option<String> {
+    let mut texts = Vec::new();
+    for &selection in action.pastes() {
+        match screen.selection_text(selection) {
+            Ok(Some(text)) => texts.push(text),
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!("cannot read the {selection:?} selection: {e}");
+                return None;
+            }
+        }
+    }
+    Some(texts.join("\n"))
+}
+
+/// The request the check stage would make for `action` as the screen stands now: the window
+/// with the focus, the windows under its points and what it would paste. For callers that
+/// decide outside a run (an MCP client's `explain`).
+pub fn request_now(screen: &dyn Screen, action: &Action, monitors: &[MonitorInfo]) -> Request {
+    let active = screen.active_window().ok().flatten();
+    windows_reached(screen, action, active).request(action, monitors)
 }
 
 /// What one step has gathered so far; every way out of the step records it.
@@ -1353,6 +1373,7 @@ mod tests {
             engine: "test".into(),
             policy: "permissive".into(),
             unlocks: Vec::new(),
+            client: None,
         };
         let result = run_on_caret(&options, &mut Clicker { step: 0 }, &mut NoTrace);
         assert_eq!(result.status, RunStatus::Guard, "{result:?}");
@@ -1401,6 +1422,7 @@ mod tests {
             engine: String::new(),
             policy: String::new(),
             unlocks: Vec::new(),
+            client: None,
         }
     }
 

@@ -18,6 +18,9 @@ use crate::trace::printable;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UserAnswer {
     Answer(Answer),
+    /// An answer given through an MCP client's elicitation: the client shows the ask to its
+    /// person, but deskhand cannot see who (or what) answered.
+    Client(Answer),
     /// Stop the run now.
     Abort,
     /// Nobody could be asked: the ask is refused, and the trace says nobody answered.
@@ -77,6 +80,13 @@ impl TerminalUser {
     /// Lets a waiting prompt end when `abort` is triggered (Ctrl-C, the corner failsafe).
     pub fn with_abort(mut self, abort: AbortSignal) -> TerminalUser {
         self.abort = Some(abort);
+        self
+    }
+
+    /// Never reads stdin, even from a terminal: it carries something else (an MCP client's
+    /// messages).
+    pub fn without_terminal_input(mut self) -> TerminalUser {
+        self.interactive = false;
         self
     }
 

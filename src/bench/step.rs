@@ -260,6 +260,7 @@ pub fn step(args: &StepBenchArgs) -> Result<(), Failure> {
         engine: model_name.clone(),
         policy: "permissive preset, no budgets".into(),
         unlocks: Vec::new(),
+        client: None,
     };
     let mut rig = Rig {
         screen: &mut screen,

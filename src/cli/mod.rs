@@ -62,6 +62,10 @@ pub enum Command {
     /// Do a task: see, think, check and act until it is done, recording every step.
     #[command(after_help = run::RUN_EXAMPLES)]
     Run(run::RunArgs),
+    /// Serve MCP (stdio, or streamable HTTP with --http): any MCP client drives the desktop
+    /// through deskhand's policy, each session recorded as a run.
+    #[command(after_help = crate::mcp::MCP_EXAMPLES)]
+    Mcp(crate::mcp::McpArgs),
     /// List, show and re-render recorded runs.
     #[command(subcommand)]
     Trace(trace::TraceCommand),
@@ -213,6 +217,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Models(cmd) => models::run(&cmd),
         Command::Policy(args) => policy::run(&args, display),
         Command::Run(args) => run::run(&args, display),
+        Command::Mcp(args) => crate::mcp::run(&args, display),
         Command::Trace(cmd) => trace::run(&cmd),
         Command::Bench(BenchCommand::Capture(args)) => bench::capture(display, &args),
         Command::Bench(BenchCommand::Model(args)) => bench::model(&args),

@@ -284,23 +284,32 @@ fn explain(paths: &PolicyPaths, args: &ExplainArgs, display: Option<&str>) -> Re
             println!("  {error}");
         }
     }
-    print_decision(&decision);
+    print!("{}", decision_text(&decision));
     for note in notes {
         println!("note: {note}");
     }
     Ok(())
 }
 
-fn print_decision(decision: &Decision) {
+/// What `policy explain` prints about a decision: the verdict, what decided and why, and every
+/// entry that matched.
+pub(crate) fn decision_text(decision: &Decision) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
     let deciding = match &decision.rule {
         Some(rule) => format!("rule '{rule}'"),
         None => layer_name(decision.layer).to_owned(),
     };
-    println!("decision:  {}", decision.decision.name().to_uppercase());
-    println!("by:        {deciding} at {}", decision.source);
-    println!("reason:    {}", decision.reason);
+    let _ = writeln!(
+        out,
+        "decision:  {}",
+        decision.decision.name().to_uppercase()
+    );
+    let _ = writeln!(out, "by:        {deciding} at {}", decision.source);
+    let _ = writeln!(out, "reason:    {}", decision.reason);
     if decision.decision == Verdict::Ask {
-        println!(
+        let _ = writeln!(
+            out,
             "remember:  {}",
             if decision.rememberable {
                 "an \"always\" answer may be remembered"
@@ -310,7 +319,7 @@ fn print_decision(decision: &Decision) {
         );
     }
     let intents: Vec<&str> = decision.intents.iter().map(|i| i.name()).collect();
-    println!("intents:   {}", intents.join(", "));
+    let _ = writeln!(out, "intents:   {}", intents.join(", "));
     if !decision.detector_hits.is_empty() {
         let hits: Vec<String> = decision
             .detector_hits
@@ -324,17 +333,18 @@ fn print_decision(decision: &Decision) {
                 )
             })
             .collect();
-        println!("detectors: {}", hits.join(", "));
+        let _ = writeln!(out, "detectors: {}", hits.join(", "));
     }
     if !decision.grants.is_empty() {
-        println!("grants:    {}", decision.grants.join(", "));
+        let _ = writeln!(out, "grants:    {}", decision.grants.join(", "));
     }
     for unlock in &decision.unlocked {
-        println!("floor:     {unlock}");
+        let _ = writeln!(out, "floor:     {unlock}");
     }
-    println!("matched:");
+    let _ = writeln!(out, "matched:");
     for m in &decision.matched {
-        println!(
+        let _ = writeln!(
+            out,
             "  {:<5} {:<28} {:<8} {}  {}",
             m.decision.name(),
             m.id,
@@ -343,6 +353,7 @@ fn print_decision(decision: &Decision) {
             m.reason
         );
     }
+    out
 }
 
 /// The current files, loaded for a replay: broken files are an error, grants count only when

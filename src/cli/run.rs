@@ -117,65 +117,12 @@ pub fn run(args: &RunArgs, display: Option<&str>) -> Result<(), Failure> {
         return Err(bad_input(anyhow!("--images must be at least 1")));
     }
     // Policy first: a broken one stops everything before a model is loaded.
-    let mut paths = PolicyPaths::from_env()?;
-    if let Some(policy) = &args.policy {
-        // A policy named on the command line that is not there is a typo, not a wish for the
-        // built-in preset.
-        if !policy.is_file() {
-            return Err(bad_input(anyhow!(
-                "--policy {}: no such file; write one with `deskhand policy init --policy {0}`",
-                policy.display()
-            )));
-        }
-        paths.user = policy.clone();
-    }
-    let engine = PolicyEngine::load(&paths);
-    if let Some(errors) = engine.locked_by() {
-        for error in &errors.0 {
-            eprintln!("{error}");
-        }
-        return Err(Failure {
-            code: LOCKED_EXIT_CODE as u8,
-            error: anyhow!(
-                "the policy is broken, so deskhand is locked and will not act; fix it (`deskhand policy check`)"
-            ),
-        });
-    }
-    for note in engine.notes() {
-        eprintln!("note: {note}");
-    }
-    // Every unlock of the floor is said at every start, refused ones too.
-    let unlocks: Vec<String> = engine.unlocks().iter().map(ToString::to_string).collect();
-    for unlock in &unlocks {
-        eprintln!("{unlock}");
-    }
-    // Said at every start, so that an edit nobody meant (or one the agent got past the floor)
-    // does not pass unnoticed. The grants count: an "always" answer loosens the policy too.
-    let seen = paths.grants.with_file_name(SEEN_FILE);
-    let policy_files: Vec<PathBuf> = paths
-        .system
-        .iter()
-        .chain([&paths.user, &paths.grants])
-        .cloned()
-        .collect();
-    match changed_since_last_run(&seen, &policy_files) {
-        Ok(changed) => {
-            for change in changed {
-                eprintln!("note: {change}");
-            }
-        }
-        Err(e) => eprintln!(
-            "note: cannot tell which policy files changed since the last run ({}: {e})",
-            seen.display()
-        ),
-    }
-    let policy_label = engine
-        .files()
-        .iter()
-        .map(|(p, preset)| format!("{} (preset {preset})", p.display()))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut checker = Checker::new(engine, Some(GrantStore::new(&paths.grants)));
+    let Loaded {
+        mut checker,
+        label: policy_label,
+        unlocks,
+        ..
+    } = load_policy(args.policy.as_deref())?;
     let abort = AbortSignal::new();
 
     // The engine: a script, or a model from disk.
@@ -249,11 +196,8 @@ pub fn run(args: &RunArgs, display: Option<&str>) -> Result<(), Failure> {
         },
         engine: engine_label,
         unlocks,
-        policy: if policy_label.is_empty() {
-            "no policy file: built-in strict preset".into()
-        } else {
-            policy_label
-        },
+        policy: policy_label,
+        client: None,
     };
     let dialog_display = if args.no_dialog {
         None
@@ -296,6 +240,92 @@ pub fn run(args: &RunArgs, display: Option<&str>) -> Result<(), Failure> {
             error: anyhow!("run ended: {}", result.status),
         }),
     }
+}
+
+/// The policy a run (or an MCP session) decides with, and what its start says about it.
+pub(crate) struct Loaded {
+    pub checker: Checker,
+    /// The files in force, for the trace's header.
+    pub label: String,
+    /// The floor entries the policy unlocks (and the refused unlocks).
+    pub unlocks: Vec<String>,
+    /// Where the files are, for a later session's own checker.
+    pub paths: PolicyPaths,
+}
+
+/// Loads the policy (`policy` names the user's file instead of the default), stops on a broken
+/// one, and says on stderr what every start says: its notes, its unlocks of the floor, and the
+/// policy files that changed since the last run.
+pub(crate) fn load_policy(policy: Option<&Path>) -> Result<Loaded, Failure> {
+    let mut paths = PolicyPaths::from_env()?;
+    if let Some(policy) = policy {
+        // A policy named on the command line that is not there is a typo, not a wish for the
+        // built-in preset.
+        if !policy.is_file() {
+            return Err(bad_input(anyhow!(
+                "--policy {}: no such file; write one with `deskhand policy init --policy {0}`",
+                policy.display()
+            )));
+        }
+        paths.user = policy.to_path_buf();
+    }
+    let engine = PolicyEngine::load(&paths);
+    if let Some(errors) = engine.locked_by() {
+        for error in &errors.0 {
+            eprintln!("{error}");
+        }
+        return Err(Failure {
+            code: LOCKED_EXIT_CODE as u8,
+            error: anyhow!(
+                "the policy is broken, so deskhand is locked and will not act; fix it (`deskhand policy check`)"
+            ),
+        });
+    }
+    for note in engine.notes() {
+        eprintln!("note: {note}");
+    }
+    // Every unlock of the floor is said at every start, refused ones too.
+    let unlocks: Vec<String> = engine.unlocks().iter().map(ToString::to_string).collect();
+    for unlock in &unlocks {
+        eprintln!("{unlock}");
+    }
+    // Said at every start, so that an edit nobody meant (or one the agent got past the floor)
+    // does not pass unnoticed. The grants count: an "always" answer loosens the policy too.
+    let seen = paths.grants.with_file_name(SEEN_FILE);
+    let policy_files: Vec<PathBuf> = paths
+        .system
+        .iter()
+        .chain([&paths.user, &paths.grants])
+        .cloned()
+        .collect();
+    match changed_since_last_run(&seen, &policy_files) {
+        Ok(changed) => {
+            for change in changed {
+                eprintln!("note: {change}");
+            }
+        }
+        Err(e) => eprintln!(
+            "note: cannot tell which policy files changed since the last run ({}: {e})",
+            seen.display()
+        ),
+    }
+    let label = engine
+        .files()
+        .iter()
+        .map(|(p, preset)| format!("{} (preset {preset})", p.display()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let checker = Checker::new(engine, Some(GrantStore::new(&paths.grants)));
+    Ok(Loaded {
+        checker,
+        label: if label.is_empty() {
+            "no policy file: built-in strict preset".into()
+        } else {
+            label
+        },
+        unlocks,
+        paths,
+    })
 }
 
 /// Which model to load, from --model or the installed ones, with its image-token budget;
@@ -418,7 +448,7 @@ fn installed_config(
 /// Polls the real pointer every 50 ms on a connection of its own, so parking it in a screen
 /// corner stops the run even while the model is decoding. A watcher that loses its X
 /// connection ends the run too: a failsafe that silently stopped watching is worse than none.
-fn watch_corners(
+pub(crate) fn watch_corners(
     display: Option<&str>,
     monitors: Vec<crate::screen::MonitorInfo>,
     abort: AbortSignal,

@@ -50,6 +50,9 @@ pub struct RunStart {
     /// unlocks the system layer's lock refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unlocks: Vec<String>,
+    /// The MCP client that drove the run, as it named itself in `initialize`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
 }
 
 /// How long each stage of a step took, in milliseconds.
@@ -243,6 +246,8 @@ pub enum AnsweredBy {
     YesFlag,
     /// Nobody could be asked (no terminal, no display), so the ask was refused.
     Nobody,
+    /// An MCP client, through elicitation: its person, as far as deskhand can tell.
+    Client,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

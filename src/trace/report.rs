@@ -152,6 +152,9 @@ fn header(
             writeln!(out, "<div class=\"task\">{}</div>", esc(&s.task))?;
             out.push_str("<dl>");
             dl_row(out, "Engine", &s.engine)?;
+            if let Some(client) = &s.client {
+                dl_row(out, "MCP client", client)?;
+            }
             dl_row(out, "Policy", &s.policy)?;
             for unlock in &s.unlocks {
                 dl_row(out, "Floor", unlock)?;
@@ -376,6 +379,7 @@ fn decision_block(
         let who = match by {
             Some(super::AnsweredBy::Nobody) => "Nobody could answer, so",
             Some(super::AnsweredBy::YesFlag) => "--yes answered",
+            Some(super::AnsweredBy::Client) => "The MCP client answered:",
             Some(super::AnsweredBy::Person) | None => "The person answered:",
         };
         write!(out, "<div><b>{who}</b> {}</div>", esc(&serde_name(answer)))?;
@@ -966,6 +970,7 @@ mod tests {
                 unlocks: vec![
                     "unlocked: floor.risky_intent (send_email) (now allow) by rule 'mail-to-my-team' at policy.toml:9".into(),
                 ],
+                client: None,
             }),
             step(
                 1,

@@ -1,0 +1,503 @@
+//! `deskhand mcp` driven by rmcp's own client, over stdio and over streamable HTTP, on a
+//! private 1920x1080 Xvfb with the test window: the tools are listed, a screenshot decodes, a
+//! click lands where the screenshot showed the target, a floor-denied key is refused and never
+//! reaches the window, bad calls get errors while the server keeps serving, a wrong token is
+//! turned away, and the session is recorded as a run that names its client.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::{TestWindow, display, read_jsonl};
+use deskhand::screen::{FrameMap, MonitorInfo, VirtualDisplay};
+use rmcp::model::{
+    CallToolRequestParams, ClientCapabilities, ElicitRequestParams, ElicitResult,
+    ElicitationAction, Implementation, InitializeRequestParams,
+};
+use rmcp::service::{RequestContext, RunningService};
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use rmcp::{ClientHandler, ErrorData, RoleClient, ServiceExt};
+use serde_json::{Map, Value, json};
+
+const BALANCED: &str = "schema_version = 1\npreset = \"balanced\"\n";
+
+/// A test's folders: runs, policy, grants, token.
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new(policy: &str) -> Setup {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("policy.toml"), policy).expect("write the policy");
+        Setup { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn command(&self, display: &VirtualDisplay, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_deskhand"));
+        cmd.arg("mcp")
+            .args(args)
+            .env("DISPLAY", display.name())
+            .env("DESKHAND_NO_DIALOG", "1")
+            .env("DESKHAND_RUNS_DIR", self.path("runs"))
+            .env("DESKHAND_POLICY", self.path("policy.toml"))
+            .env("DESKHAND_GRANTS", self.path("grants.toml"))
+            .env("DESKHAND_SYSTEM_POLICY", "none")
+            .env_remove("WAYLAND_DISPLAY");
+        cmd
+    }
+
+    fn stderr_file(&self) -> std::fs::File {
+        std::fs::File::create(self.path("stderr.txt")).expect("stderr file")
+    }
+
+    /// `deskhand mcp` on stdio, as a client starts it.
+    fn stdio(&self, display: &VirtualDisplay) -> TokioChildProcess {
+        let (transport, _) = TokioChildProcess::builder(self.command(display, &[]))
+            .stderr(self.stderr_file())
+            .spawn()
+            .expect("start deskhand mcp");
+        transport
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.path("stderr.txt")).unwrap_or_default()
+    }
+
+    /// The one run's trace, once it has its end line.
+    fn finished_trace(&self) -> Vec<Value> {
+        let started = Instant::now();
+        loop {
+            let runs: Vec<PathBuf> = std::fs::read_dir(self.path("runs"))
+                .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+                .unwrap_or_default();
+            if let [run] = runs.as_slice() {
+                let lines = read_jsonl(&run.join("trace.jsonl"));
+                if lines.last().is_some_and(|l| l["record"] == "end") {
+                    assert!(run.join("report.html").is_file(), "no report in {run:?}");
+                    return lines;
+                }
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no finished run in {:?} within 30 s ({} runs); stderr:\n{}",
+                self.path("runs"),
+                runs.len(),
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A client that names itself and, when `answer` is set, answers elicitations with it.
+#[derive(Clone)]
+struct TestClient {
+    answer: Option<&'static str>,
+    asked: Arc<Mutex<Vec<String>>>,
+}
+
+impl TestClient {
+    fn new(answer: Option<&'static str>) -> TestClient {
+        TestClient {
+            answer,
+            asked: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+}
+
+impl ClientHandler for TestClient {
+    fn get_info(&self) -> InitializeRequestParams {
+        let capabilities: ClientCapabilities = match self.answer {
+            Some(_) => serde_json::from_value(json!({"elicitation": {"form": {}}})),
+            None => serde_json::from_value(json!({})),
+        }
+        .expect("client capabilities");
+        InitializeRequestParams::new(
+            capabilities,
+            Implementation::new("deskhand-test-client", "7.1"),
+        )
+    }
+
+    async fn create_elicitation(
+        &self,
+        request: ElicitRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, ErrorData> {
+        let message = match &request {
+            ElicitRequestParams::FormElicitationParams { message, .. } => message.clone(),
+            other => format!("{other:?}"),
+        };
+        self.asked.lock().expect("asked").push(message);
+        Ok(match self.answer {
+            Some(answer) => ElicitResult::new(ElicitationAction::Accept)
+                .with_content(json!({ "answer": answer })),
+            None => ElicitResult::new(ElicitationAction::Decline),
+        })
+    }
+}
+
+type Client = RunningService<RoleClient, TestClient>;
+
+/// Calls `tool` and returns its result as JSON (`isError`, `content`), or the protocol error.
+async fn call(client: &Client, tool: &str, arguments: Value) -> Result<Value, String> {
+    let arguments: Map<String, Value> = match arguments {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    };
+    let params = CallToolRequestParams::new(tool.to_owned()).with_arguments(arguments);
+    client
+        .call_tool(params)
+        .await
+        .map(|r| serde_json::to_value(r).expect("result as JSON"))
+        .map_err(|e| e.to_string())
+}
+
+fn is_error(result: &Value) -> bool {
+    result["isError"] == true
+}
+
+fn text_of(result: &Value) -> String {
+    result["content"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["text"].as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The screenshot point that shows screen point (x, y) on this 1920x1080 display.
+fn in_screenshot(x: i32, y: i32) -> (u32, u32) {
+    let map = FrameMap::new(&MonitorInfo::single("screen", 1920, 1080), 1280, 720);
+    map.frame_pixel_of(deskhand::screen::ScreenPoint::new(x, y))
+        .expect("a point on the screen")
+}
+
+/// The checks both transports share: tools, a screenshot, a click that lands, a floor-denied
+/// key that does not, bad calls refused with the server still serving.
+async fn drive(client: &Client, window: &TestWindow) {
+    let tools = client.list_all_tools().await.expect("list tools");
+    let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+    for expected in [
+        "screenshot",
+        "click",
+        "double_click",
+        "move",
+        "drag",
+        "scroll",
+        "type",
+        "key",
+        "wait",
+        "active_window",
+        "list_monitors",
+        "explain",
+        "run_task",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    let click_tool = tools.iter().find(|t| t.name == "click").expect("click");
+    assert_eq!(
+        click_tool
+            .annotations
+            .as_ref()
+            .and_then(|a| a.destructive_hint),
+        Some(true)
+    );
+
+    let shot = call(client, "screenshot", json!({}))
+        .await
+        .expect("screenshot");
+    assert!(!is_error(&shot), "{shot}");
+    assert!(shot.get("structuredContent").is_none(), "{shot}");
+    let image = &shot["content"][0];
+    assert_eq!(image["type"], "image", "{shot}");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(image["data"].as_str().expect("image data"))
+        .expect("base64");
+    assert!(bytes.len() < 1_000_000, "{} bytes", bytes.len());
+    let decoded = image::load_from_memory(&bytes).expect("the screenshot decodes");
+    assert_eq!((decoded.width(), decoded.height()), (1280, 720));
+    let about = text_of(&shot);
+    assert!(
+        about.contains("1920x1080") && about.contains("1280x720"),
+        "{about}"
+    );
+
+    // The red target, where the screenshot shows it.
+    let red = window.target("red");
+    let (x, y) = in_screenshot(red.x, red.y);
+    let pixel = decoded.to_rgb8().get_pixel(x, y).0;
+    assert!(
+        pixel[0] > 180 && pixel[1] < 80,
+        "not red at ({x}, {y}): {pixel:?}"
+    );
+    let clicked = call(client, "click", json!({"x": x, "y": y}))
+        .await
+        .expect("click");
+    assert!(!is_error(&clicked), "{clicked}");
+    window.wait_for("the click on red", Duration::from_secs(10), |e| {
+        e["event"] == "button_press" && e["target"] == "red"
+    });
+
+    // The floor refuses a chord that leaves the session; the window never gets it.
+    let refused = call(client, "key", json!({"chord": "ctrl+alt+F1"}))
+        .await
+        .expect("key");
+    assert!(is_error(&refused), "{refused}");
+    let why = text_of(&refused);
+    assert!(
+        why.contains("floor.session_chord") || why.contains("leaves the desktop session"),
+        "{why}"
+    );
+
+    // Bad calls: errors, nothing executed, and the server goes on.
+    let off = call(client, "click", json!({"x": 5000, "y": 10}))
+        .await
+        .expect("off");
+    assert!(
+        is_error(&off) && text_of(&off).contains("1280x720"),
+        "{off}"
+    );
+    let bad = call(client, "click", json!({"x": "left"}))
+        .await
+        .expect("bad");
+    assert!(
+        is_error(&bad) && text_of(&bad).contains("bad arguments for click"),
+        "{bad}"
+    );
+    let unknown = call(client, "format_disk", json!({})).await;
+    assert!(
+        unknown.as_ref().is_err_and(|e| e.contains("unknown tool")),
+        "{unknown:?}"
+    );
+
+    let explained = call(
+        client,
+        "explain",
+        json!({"tool": "key", "arguments": {"chord": "ctrl+alt+F1"}}),
+    )
+    .await
+    .expect("explain");
+    assert!(text_of(&explained).contains("DENY"), "{explained}");
+    let monitors = call(client, "list_monitors", json!({}))
+        .await
+        .expect("monitors");
+    assert!(text_of(&monitors).contains("1920"), "{monitors}");
+    let active = call(client, "active_window", json!({}))
+        .await
+        .expect("active");
+    assert!(!is_error(&active), "{active}");
+
+    let blue = window.target("blue");
+    let (x, y) = in_screenshot(blue.x, blue.y);
+    let again = call(client, "click", json!({"x": x, "y": y}))
+        .await
+        .expect("click");
+    assert!(!is_error(&again), "{again}");
+    window.wait_for("the click on blue", Duration::from_secs(10), |e| {
+        e["event"] == "button_press" && e["target"] == "blue"
+    });
+    let keys: Vec<Value> = window
+        .quiet_events()
+        .into_iter()
+        .filter(|e| e["event"] == "key_press")
+        .collect();
+    assert!(keys.is_empty(), "keys reached the window: {keys:?}");
+}
+
+/// The run the session left: its client named, the click executed, the key refused.
+fn check_trace(trace: &[Value]) {
+    assert_eq!(trace[0]["record"], "start", "{}", trace[0]);
+    assert_eq!(
+        trace[0]["client"], "deskhand-test-client 7.1",
+        "{}",
+        trace[0]
+    );
+    let steps: Vec<&Value> = trace.iter().filter(|l| l["record"] == "step").collect();
+    let outcomes: Vec<&str> = steps
+        .iter()
+        .filter_map(|s| s["outcome"]["status"].as_str())
+        .collect();
+    assert!(
+        steps
+            .iter()
+            .any(|s| s["action"]["action"] == "key" && s["outcome"]["status"] == "refused"),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        steps
+            .iter()
+            .filter(|s| s["action"]["action"] == "click" && s["outcome"]["status"] == "executed")
+            .count(),
+        2,
+        "{outcomes:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_client_over_stdio_clicks_and_is_refused_the_floor() {
+    let display = display(1920, 1080);
+    let window = TestWindow::open(&display, "600x400+200+150", "MCP target");
+    let setup = Setup::new(BALANCED);
+    let client = TestClient::new(None)
+        .serve(setup.stdio(&display))
+        .await
+        .unwrap_or_else(|e| panic!("initialize: {e}; stderr:\n{}", setup.stderr()));
+    drive(&client, &window).await;
+    client.cancel().await.expect("close the session");
+    check_trace(&setup.finished_trace());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ask_goes_to_the_clients_person_through_elicitation() {
+    let display = display(1920, 1080);
+    let window = TestWindow::open(&display, "600x400+200+150", "MCP target");
+    // Clicks in the test window ask; a lasting answer is not the client's to give.
+    let setup = Setup::new(
+        "schema_version = 1\npreset = \"balanced\"\n\n[[rule]]\nid = \"ask-testwin\"\n\
+         decision = \"ask\"\nreason = \"the test window asks\"\napp = [\"deskhand-testwin\"]\n\
+         action = [\"click\"]\n",
+    );
+    let person = TestClient::new(Some("once"));
+    let asked = person.asked.clone();
+    let client = person
+        .serve(setup.stdio(&display))
+        .await
+        .unwrap_or_else(|e| panic!("initialize: {e}; stderr:\n{}", setup.stderr()));
+    let red = window.target("red");
+    let (x, y) = in_screenshot(red.x, red.y);
+    let clicked = call(&client, "click", json!({"x": x, "y": y}))
+        .await
+        .expect("click");
+    assert!(!is_error(&clicked), "{clicked}");
+    assert!(
+        text_of(&clicked).contains("MCP client answered"),
+        "{clicked}"
+    );
+    window.wait_for("the click on red", Duration::from_secs(10), |e| {
+        e["event"] == "button_press" && e["target"] == "red"
+    });
+    let asked = asked.lock().expect("asked").clone();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert!(asked[0].contains("the test window asks"), "{asked:?}");
+    client.cancel().await.expect("close the session");
+    let trace = setup.finished_trace();
+    let answered: Vec<&Value> = trace
+        .iter()
+        .filter(|l| l["record"] == "step" && l["answered_by"] == "client")
+        .collect();
+    assert_eq!(answered.len(), 1, "{trace:?}");
+}
+
+/// Starts `deskhand mcp --http 127.0.0.1:0` and returns it with its URL.
+fn start_http(setup: &Setup, display: &VirtualDisplay) -> (tokio::process::Child, String) {
+    let token_file = setup.path("token");
+    let mut command = setup.command(
+        display,
+        &[
+            "--http",
+            "127.0.0.1:0",
+            "--token-file",
+            token_file.to_str().expect("path"),
+        ],
+    );
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(setup.stderr_file());
+    let child = command.spawn().expect("start deskhand mcp --http");
+    let started = Instant::now();
+    loop {
+        let said = setup.stderr();
+        if let Some(url) = said
+            .lines()
+            .find_map(|l| l.split("serving MCP at ").nth(1))
+            .and_then(|rest| rest.split(';').next())
+        {
+            return (child, url.to_owned());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "deskhand mcp --http did not say where it serves; stderr:\n{said}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+async fn http_client(url: &str, token: &str) -> Result<Client, String> {
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(url.to_owned()).auth_header(token.to_owned()),
+    );
+    TestClient::new(None)
+        .serve(transport)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_client_over_http_needs_the_token() {
+    use std::os::unix::fs::PermissionsExt;
+    let display = display(1920, 1080);
+    let window = TestWindow::open(&display, "600x400+200+150", "MCP target");
+    let setup = Setup::new(BALANCED);
+    let (mut server, url) = start_http(&setup, &display);
+    let token_file = setup.path("token");
+    let mode = std::fs::metadata(&token_file)
+        .expect("token file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let token = std::fs::read_to_string(&token_file).expect("token");
+    let token = token.trim();
+
+    // Without the token, or with a wrong one, nothing gets through.
+    let wrong = http_client(&url, "not-the-token").await;
+    assert!(wrong.is_err(), "a wrong token was let in");
+    let bare = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || {
+            reqwest::blocking::Client::new()
+                .post(&url)
+                .header("Content-Type", "application/json")
+                .header("Accept", "application/json, text/event-stream")
+                .body(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"x","version":"1"}}}"#)
+                .send()
+                .map(|r| r.status().as_u16())
+        }
+    })
+    .await
+    .expect("join");
+    assert_eq!(bare.ok(), Some(401));
+
+    let client = http_client(&url, token)
+        .await
+        .unwrap_or_else(|e| panic!("initialize over HTTP: {e}; stderr:\n{}", setup.stderr()));
+    drive(&client, &window).await;
+    client.cancel().await.expect("close the session");
+    check_trace(&setup.finished_trace());
+
+    // SIGTERM stops the server as it stops a run: exit 130.
+    let pid = server.id().expect("pid") as i32;
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let status = tokio::time::timeout(Duration::from_secs(20), server.wait())
+        .await
+        .expect("the server stops on SIGTERM")
+        .expect("wait");
+    assert_eq!(status.code(), Some(130), "stderr:\n{}", setup.stderr());
+}
