@@ -103,7 +103,9 @@ pub struct WaitArgs {
 #[serde(deny_unknown_fields)]
 pub struct ScreenshotArgs {
     /// The monitor to capture, as `list_monitors` numbers them (default: the session's).
+    // A plain integer in the schema: `["integer", "null"]` is less portable between clients.
     #[serde(default)]
+    #[schemars(with = "u32")]
     pub monitor: Option<usize>,
 }
 
@@ -128,6 +130,7 @@ pub struct RunTaskArgs {
     pub task: String,
     /// Stop after this many steps (default 30).
     #[serde(default)]
+    #[schemars(with = "u32")]
     pub max_steps: Option<u32>,
 }
 
