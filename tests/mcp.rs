@@ -402,6 +402,66 @@ async fn an_ask_goes_to_the_clients_person_through_elicitation() {
     assert_eq!(answered.len(), 1, "{trace:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_floors_ask_never_goes_to_the_client() {
+    let display = display(1920, 1080);
+    let composer = TestWindow::open_with(
+        &display,
+        "640x400+100+100",
+        "unused",
+        Some("thunderbird"),
+        &["--mail"],
+    );
+    let setup = Setup::new(BALANCED);
+    // A client that would say yes to anything it is asked.
+    let agreeable = TestClient::new(Some("once"));
+    let asked = agreeable.asked.clone();
+    let client = agreeable
+        .serve(setup.stdio(&display))
+        .await
+        .unwrap_or_else(|e| panic!("initialize: {e}; stderr:\n{}", setup.stderr()));
+    for (tool, arguments) in [
+        ("type", json!({"text": "nathan@example.com"})),
+        ("key", json!({"chord": "Tab"})),
+        ("type", json!({"text": "hello"})),
+        ("key", json!({"chord": "Tab"})),
+        // A space would count as pressing a focused Send button, which asks too.
+        ("type", json!({"text": "Hello,Nathan"})),
+    ] {
+        let done = call(&client, tool, arguments).await.expect(tool);
+        assert!(!is_error(&done), "{tool}: {done}");
+    }
+    let send = composer.target("send");
+    let (x, y) = in_screenshot(send.x, send.y);
+    let refused = call(&client, "click", json!({"x": x, "y": y}))
+        .await
+        .expect("click Send");
+    assert!(is_error(&refused), "{refused}");
+    let why = text_of(&refused);
+    assert!(
+        why.contains("send_email") && why.contains("nobody could answer"),
+        "{why}"
+    );
+    assert!(
+        asked.lock().expect("asked").is_empty(),
+        "the client was asked"
+    );
+    let sent: Vec<Value> = composer
+        .quiet_events()
+        .into_iter()
+        .filter(|e| e["event"] == "sent")
+        .collect();
+    assert!(sent.is_empty(), "the mail was sent: {sent:?}");
+    client.cancel().await.expect("close the session");
+    let trace = setup.finished_trace();
+    let send_step = trace
+        .iter()
+        .find(|l| l["record"] == "step" && l["action"]["action"] == "click")
+        .expect("the click's step");
+    assert_eq!(send_step["answered_by"], "nobody", "{send_step}");
+    assert_eq!(send_step["decision"]["layer"], "floor", "{send_step}");
+}
+
 /// Starts `deskhand mcp --http 127.0.0.1:0` and returns it with its URL.
 fn start_http(setup: &Setup, display: &VirtualDisplay) -> (tokio::process::Child, String) {
     let token_file = setup.path("token");

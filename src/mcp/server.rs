@@ -502,9 +502,17 @@ fn step_result(tool: &str, action: &Action, record: &StepRecord) -> CallToolResu
         )),
         Outcome::Refused {
             by: Refuser::User, ..
-        } => error_result(format!(
-            "{shown}: the policy asked ({by}) and the answer was no; nothing was executed"
-        )),
+        } => {
+            let reason = decision.map(|d| d.reason.as_str()).unwrap_or_default();
+            let who = match record.answered_by {
+                Some(AnsweredBy::Nobody) => "nobody could answer",
+                Some(AnsweredBy::Client) => "the MCP client answered no",
+                _ => "the person answered no",
+            };
+            error_result(format!(
+                "{shown}: the policy asked ({by}: {reason}) and {who}; nothing was executed"
+            ))
+        }
         Outcome::Error { stage, error } => {
             error_result(format!("{shown}: nothing more was done; {stage}: {error}"))
         }
