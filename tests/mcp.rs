@@ -15,10 +15,11 @@ use base64::Engine as _;
 use common::{TestWindow, display, read_jsonl};
 use deskhand::screen::{FrameMap, MonitorInfo, VirtualDisplay};
 use rmcp::model::{
-    CallToolRequestParams, ClientCapabilities, ElicitRequestParams, ElicitResult,
-    ElicitationAction, Implementation, InitializeRequestParams,
+    CallToolRequest, CallToolRequestParams, ClientCapabilities, ClientRequest, ElicitRequestParams,
+    ElicitResult, ElicitationAction, Implementation, InitializeRequestParams,
+    ProgressNotificationParam, ServerResult,
 };
-use rmcp::service::{RequestContext, RunningService};
+use rmcp::service::{NotificationContext, PeerRequestOptions, RequestContext, RunningService};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use rmcp::{ClientHandler, ErrorData, RoleClient, ServiceExt};
@@ -99,11 +100,13 @@ impl Setup {
     }
 }
 
-/// A client that names itself and, when `answer` is set, answers elicitations with it.
+/// A client that names itself, keeps the progress it is told, and, when `answer` is set,
+/// answers elicitations with it.
 #[derive(Clone)]
 struct TestClient {
     answer: Option<&'static str>,
     asked: Arc<Mutex<Vec<String>>>,
+    progress: Arc<Mutex<Vec<(f64, Option<f64>, String)>>>,
 }
 
 impl TestClient {
@@ -111,6 +114,7 @@ impl TestClient {
         TestClient {
             answer,
             asked: Arc::new(Mutex::new(Vec::new())),
+            progress: Arc::new(Mutex::new(Vec::new())),
         }
     }
 }
@@ -126,6 +130,18 @@ impl ClientHandler for TestClient {
             capabilities,
             Implementation::new("deskhand-test-client", "7.1"),
         )
+    }
+
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        self.progress.lock().expect("progress").push((
+            params.progress,
+            params.total,
+            params.message.unwrap_or_default(),
+        ));
     }
 
     async fn create_elicitation(
@@ -460,6 +476,79 @@ async fn the_floors_ask_never_goes_to_the_client() {
         .expect("the click's step");
     assert_eq!(send_step["answered_by"], "nobody", "{send_step}");
     assert_eq!(send_step["decision"]["layer"], "floor", "{send_step}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_task_hands_a_task_to_the_local_model_with_progress_per_step() {
+    let display = display(1280, 720);
+    let _window = TestWindow::open(&display, "640x480+100+100", "run_task target");
+    let setup = Setup::new(BALANCED);
+    let tiny = deskhand::model::tiny::write_tiny_vlm(&setup.path("model")).expect("tiny VLM");
+    let (model, mmproj) = (
+        tiny.model.display().to_string(),
+        tiny.mmproj.display().to_string(),
+    );
+    let args = ["--model", &model, "--mmproj", &mmproj, "--family", "gemma3"];
+    let (transport, _) = TokioChildProcess::builder(setup.command(&display, &args))
+        .stderr(setup.stderr_file())
+        .spawn()
+        .expect("start deskhand mcp");
+    let watcher = TestClient::new(None);
+    let progress = watcher.progress.clone();
+    let client = watcher
+        .serve(transport)
+        .await
+        .unwrap_or_else(|e| panic!("initialize: {e}; stderr:\n{}", setup.stderr()));
+    let mut arguments = Map::new();
+    arguments.insert("task".into(), json!("Click the red button."));
+    arguments.insert("max_steps".into(), json!(2));
+    let handle = client
+        .send_cancellable_request(
+            ClientRequest::CallToolRequest(CallToolRequest::new(
+                CallToolRequestParams::new("run_task").with_arguments(arguments),
+            )),
+            PeerRequestOptions::no_options(),
+        )
+        .await
+        .expect("call run_task");
+    let response = tokio::time::timeout(Duration::from_secs(120), handle.await_response())
+        .await
+        .expect("run_task within 120 s")
+        .expect("a response");
+    let ServerResult::CallToolResult(result) = response else {
+        panic!("not a tool result: {response:?}");
+    };
+    let result = serde_json::to_value(result).expect("JSON");
+    let said = text_of(&result);
+    // Two steps of random weights end at the step limit (exit 1) unless they said done or fail.
+    assert!(said.contains("deskhand run ended with exit code"), "{said}");
+    let trace = said
+        .lines()
+        .find_map(|l| l.strip_prefix("trace: "))
+        .unwrap_or_else(|| panic!("no trace path in {said}"));
+    let lines = read_jsonl(std::path::Path::new(trace));
+    assert_eq!(
+        lines.first().map(|l| l["task"].clone()),
+        Some(json!("Click the red button."))
+    );
+    let steps = lines.iter().filter(|l| l["record"] == "step").count();
+    // The notifications may trail the result by a moment.
+    let started = Instant::now();
+    let told = loop {
+        let told = progress.lock().expect("progress").clone();
+        if told.len() >= steps || started.elapsed() > Duration::from_secs(5) {
+            break told;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(steps >= 1, "{lines:?}");
+    assert_eq!(told.len(), steps, "{told:?}");
+    for (i, (step, total, message)) in told.iter().enumerate() {
+        assert_eq!(*step, (i + 1) as f64, "{told:?}");
+        assert_eq!(*total, Some(2.0), "{told:?}");
+        assert!(message.starts_with(&format!("step {}:", i + 1)), "{told:?}");
+    }
+    client.cancel().await.expect("close the session");
 }
 
 /// Starts `deskhand mcp --http 127.0.0.1:0` and returns it with its URL.

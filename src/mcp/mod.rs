@@ -72,6 +72,9 @@ pub struct McpArgs {
     /// The vision projector for a --model given as a path.
     #[arg(long, value_name = "PATH")]
     pub mmproj: Option<PathBuf>,
+    /// The model family for a --model given as a path (guessed from the GGUF otherwise).
+    #[arg(long, value_name = "FAMILY")]
+    pub family: Option<crate::model::FamilyId>,
 }
 
 pub const MCP_EXAMPLES: &str = r#"Examples:
@@ -113,6 +116,7 @@ pub struct RunTaskConfig {
     pub program: PathBuf,
     pub model: Option<String>,
     pub mmproj: Option<PathBuf>,
+    pub family: Option<crate::model::FamilyId>,
     pub policy: Option<PathBuf>,
 }
 
@@ -201,6 +205,7 @@ pub fn run(args: &McpArgs, display: Option<&str>) -> Result<(), Failure> {
                 .map_err(|e| anyhow!("cannot find deskhand's own program: {e}"))?,
             model: args.model.clone(),
             mmproj: args.mmproj.clone(),
+            family: args.family,
             policy: args.policy.clone(),
         },
     });

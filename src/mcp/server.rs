@@ -299,6 +299,9 @@ impl DeskhandMcp {
         if let Some(mmproj) = &config.mmproj {
             command.arg("--mmproj").arg(mmproj);
         }
+        if let Some(family) = config.family {
+            command.args(["--family", family.name()]);
+        }
         if let Some(policy) = &config.policy {
             command.arg("--policy").arg(policy);
         }
