@@ -106,8 +106,11 @@ impl Setup {
 struct TestClient {
     answer: Option<&'static str>,
     asked: Arc<Mutex<Vec<String>>>,
-    progress: Arc<Mutex<Vec<(f64, Option<f64>, String)>>>,
+    progress: Progress,
 }
+
+/// Progress notifications as told: (progress, total, message).
+type Progress = Arc<Mutex<Vec<(f64, Option<f64>, String)>>>;
 
 impl TestClient {
     fn new(answer: Option<&'static str>) -> TestClient {
