@@ -1,5 +1,6 @@
 //! `deskhand run "TASK"`: the main job. Wires the real stages together and hands them to the
-//! loop in `crate::agent`. Opens no network sockets: models come from disk only.
+//! loop in `crate::agent`. Opens no network sockets unless `--engine` names a model server:
+//! models come from disk.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,6 +20,7 @@ use crate::model::Backend;
 use crate::model::compat::{check_pair, guess_family};
 use crate::model::family::FamilyId;
 use crate::model::llama::{EngineConfig, LlamaEngine};
+use crate::model::remote::{Constraint, RemoteConfig, RemoteEngine};
 use crate::model::store::{Catalog, InstalledModel, Source, Store, StoreConfig};
 use crate::policy::{
     Checker, GrantStore, PolicyEngine, PolicyPaths, SEEN_FILE, changed_since_last_run,
@@ -43,9 +45,27 @@ pub struct RunArgs {
     #[arg(
         long,
         value_name = "FILE",
-        conflicts_with_all = ["model", "mmproj", "family", "image_tokens"]
+        conflicts_with_all = ["model", "mmproj", "family", "image_tokens", "engine"]
     )]
     pub script: Option<PathBuf>,
+    /// Think on a model server instead of in this process: an OpenAI-compatible API
+    /// (llama-server, vLLM, LM Studio) at URL, e.g. http://127.0.0.1:8080/v1. --model names the
+    /// model on the server and --family its family. Screenshots go to that server: only
+    /// loopback unless a policy file lists the host in [engine] allowed_hosts.
+    #[arg(long, value_name = "URL", conflicts_with = "mmproj", requires_all = ["model", "family"])]
+    pub engine: Option<String>,
+    /// How --engine holds the model to the family's reply syntax: `grammar` (llama-server's
+    /// GBNF field), `vllm` (vLLM's structured outputs) or `none`.
+    #[arg(
+        long,
+        value_name = "HOW",
+        default_value = "grammar",
+        requires = "engine"
+    )]
+    pub engine_constraint: Constraint,
+    /// Seconds --engine may take for one answer before the step fails.
+    #[arg(long, value_name = "SECS", default_value_t = 300, requires = "engine")]
+    pub engine_timeout: u64,
     /// Image tokens per frame: more shows the model finer detail and costs more time.
     /// Default: the most the model takes (from the catalog), or 1200 for a --model given as
     /// a path. Must lie in the catalog model's range.
@@ -125,17 +145,35 @@ pub fn run(args: &RunArgs, display: Option<&str>) -> Result<(), Failure> {
     } = load_policy(args.policy.as_deref())?;
     let abort = AbortSignal::new();
 
-    // The engine: a script, or a model from disk.
+    // The engine: a script, a model server, or a model from disk.
     let loaded;
     let mut session;
     let mut script;
+    let mut remote;
     let (backend, system_prompt, frame_target, engine_label): (
         &mut dyn Backend,
         String,
         FrameTarget,
         String,
-    ) = match &args.script {
-        Some(path) => {
+    ) = match (&args.script, &args.engine) {
+        (None, Some(url)) => {
+            let (engine, label) = remote_engine(args, url, checker.policy())?;
+            remote = engine;
+            let family = remote.family();
+            let budget = args.image_tokens.map_or(Ok(1200), |n| {
+                u32::try_from(n)
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| bad_input(anyhow!("--image-tokens {n}: give a positive number")))
+            })?;
+            (
+                &mut remote,
+                family.system_prompt().to_owned(),
+                family.frame_target(budget),
+                label,
+            )
+        }
+        (Some(path), _) => {
             script = ScriptBackend::load(path).map_err(|e| bad_input(anyhow!(e)))?;
             (
                 &mut script,
@@ -145,7 +183,7 @@ pub fn run(args: &RunArgs, display: Option<&str>) -> Result<(), Failure> {
                 format!("script {}", path.display()),
             )
         }
-        None => {
+        (None, None) => {
             let (config, label) = engine_config(args)?;
             eprintln!("loading {label}...");
             loaded = LlamaEngine::load(config)?;
@@ -326,6 +364,41 @@ pub(crate) fn load_policy(policy: Option<&Path>) -> Result<Loaded, Failure> {
         unlocks,
         paths,
     })
+}
+
+/// `--engine URL`: a model server, once the policy lets screenshots go to its host. Nothing
+/// is sent anywhere before that check.
+fn remote_engine(
+    args: &RunArgs,
+    url: &str,
+    policy: &PolicyEngine,
+) -> Result<(RemoteEngine, String), Failure> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| {
+        bad_input(anyhow!(
+            "--engine {url}: not a URL ({e}); for example --engine http://127.0.0.1:8080/v1"
+        ))
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(bad_input(anyhow!(
+            "--engine {url}: deskhand talks to model servers over http or https, not {}",
+            parsed.scheme()
+        )));
+    }
+    let host = parsed.host_str().unwrap_or_default();
+    let allowed = policy
+        .engine_host(host)
+        .map_err(|why| bad_input(anyhow!("--engine {url}: refused before any request: {why}")))?;
+    eprintln!("note: screenshots go to {url}: {allowed}");
+    let (Some(model), Some(family)) = (&args.model, args.family) else {
+        return Err(bad_input(anyhow!(
+            "--engine needs --model (the model's name on the server) and --family (ui-tars, qwen25-vl, qwen3-vl, gemma3)"
+        )));
+    };
+    let mut config = RemoteConfig::new(url, model, family);
+    config.constraint = args.engine_constraint;
+    config.timeout = Duration::from_secs(args.engine_timeout.max(1));
+    let label = format!("{model} ({family}) on {}", config.url);
+    Ok((RemoteEngine::new(config)?, label))
 }
 
 /// Which model to load, from --model or the installed ones, with its image-token budget;

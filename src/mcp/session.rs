@@ -289,7 +289,7 @@ impl Backend for ClientBackend {
                 // policy that refuses `done` gets an error instead, which ends the run too
                 // (the session allows one model error: a client makes none).
                 Err(RecvTimeoutError::Disconnected) if self.closed => {
-                    return Err(ModelError::Engine(
+                    return Err(ModelError::Remote(
                         "the MCP client ended the session".into(),
                     ));
                 }
@@ -308,7 +308,7 @@ impl Backend for ClientBackend {
                 Err(RecvTimeoutError::Timeout) => {
                     // The loop records the abort itself once the reply returns.
                     if let Some(reason) = self.abort.reason() {
-                        return Err(ModelError::Engine(format!("{reason}")));
+                        return Err(ModelError::Remote(format!("{reason}")));
                     }
                 }
             }

@@ -10,6 +10,7 @@ pub mod gguf;
 pub mod gguf_write;
 pub mod kv;
 pub mod llama;
+pub mod remote;
 pub mod store;
 pub mod synth;
 pub mod template;
@@ -92,6 +93,9 @@ pub enum ModelError {
     Compat(#[from] compat::CompatError),
     #[error("llama.cpp: {0}")]
     Engine(String),
+    /// A model that is not in this process: a remote engine, an MCP client.
+    #[error("{0}")]
+    Remote(String),
     #[error(
         "the prompt needs {needed} tokens but the context holds {n_ctx}; raise n_ctx or lower the image budget"
     )]

@@ -462,6 +462,65 @@ impl PolicyEngine {
     }
 
     /// The files in force and their presets, for `policy check`.
+    /// Whether screenshots may go to a remote engine at `host` (`deskhand run --engine`):
+    /// loopback always; another host only when a policy file's `[engine] allowed_hosts` names
+    /// it and, where the system layer has such a list, that list names it too (the admin's
+    /// list binds every user). `Ok` says what allowed it; `Err` says why not and where to
+    /// change that.
+    pub fn engine_host(&self, host: &str) -> Result<String, String> {
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_lowercase();
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if loopback {
+            return Ok(format!("{host} is this machine (loopback)"));
+        }
+        let system = self
+            .files
+            .iter()
+            .filter(|f| f.layer == Layer::System)
+            .find_map(|f| {
+                f.engine_hosts
+                    .as_ref()
+                    .map(|(hosts, line)| (hosts, f.source(*line)))
+            });
+        if let Some((hosts, source)) = &system
+            && !hosts.contains(&host)
+        {
+            return Err(format!(
+                "{host} is not in the system policy's [engine] allowed_hosts ({source}), which binds every user of this machine; screenshots go only to the hosts it lists"
+            ));
+        }
+        let listed = self.files.iter().find_map(|f| {
+            f.engine_hosts
+                .as_ref()
+                .filter(|(hosts, _)| hosts.contains(&host))
+                .map(|(_, line)| f.source(*line))
+        });
+        match listed {
+            Some(source) => Ok(format!(
+                "{host} is listed in [engine] allowed_hosts at {source}"
+            )),
+            None => {
+                let file = self
+                    .files
+                    .iter()
+                    .find(|f| f.layer == Layer::User)
+                    .map_or_else(
+                        || "your policy file (deskhand policy init)".to_owned(),
+                        |f| f.path.display().to_string(),
+                    );
+                Err(format!(
+                    "{host} is another machine, and screenshots would go there; no policy file lists it. If that is what you want, add it to [engine] allowed_hosts = [\"{host}\"] in {file}"
+                ))
+            }
+        }
+    }
+
     pub fn files(&self) -> Vec<(PathBuf, Preset)> {
         self.files
             .iter()
@@ -1229,6 +1288,11 @@ impl TypedText {
 }
 
 impl Checker {
+    /// The policy it decides with.
+    pub fn policy(&self) -> &PolicyEngine {
+        &self.engine
+    }
+
     pub fn new(engine: PolicyEngine, store: Option<GrantStore>) -> Checker {
         let budgets = BudgetTracker::new(engine.budgets().clone(), Instant::now());
         let grants_version = store.as_ref().and_then(GrantStore::version);

@@ -119,6 +119,9 @@ pub(super) struct PolicyFile {
     pub examples: Vec<Example>,
     /// The line of `[floor] locked = true`, which only the system layer may write.
     pub floor_locked: Option<usize>,
+    /// `[engine] allowed_hosts`: the remote engines (`deskhand run --engine URL`) screenshots
+    /// may go to besides loopback, lower-cased, with the line of the list.
+    pub engine_hosts: Option<(Vec<String>, usize)>,
 }
 
 impl PolicyFile {
@@ -145,6 +148,13 @@ struct RawPolicy {
     #[serde(default)]
     rule: Vec<RawRule>,
     floor: Option<Spanned<RawFloor>>,
+    engine: Option<Spanned<RawEngine>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEngine {
+    allowed_hosts: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -310,6 +320,31 @@ pub(super) fn parse(path: &Path, text: &str, layer: Layer) -> Result<PolicyFile,
         _ => None,
     };
 
+    let engine_hosts = raw.engine.as_ref().map(|engine| {
+        let mut hosts = Vec::new();
+        for host in &engine.get_ref().allowed_hosts {
+            let name = host.get_ref().trim().to_lowercase();
+            // An IP address (v4 or v6), or a host name: no scheme, port or path.
+            let plain = name.parse::<std::net::IpAddr>().is_ok()
+                || (!name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')));
+            if plain {
+                hosts.push(name);
+            } else {
+                errors.push(at.error(
+                    &host.span(),
+                    format!(
+                        "[engine] allowed_hosts: \"{}\" is not a host name; write the host alone, without scheme, port or path, e.g. \"gpu-box.lan\" or \"10.0.0.5\"",
+                        host.get_ref()
+                    ),
+                ));
+            }
+        }
+        (hosts, at.line(&engine.span()))
+    });
+
     let mut apps = BTreeMap::new();
     for (name, app) in &raw.apps {
         let title = app
@@ -414,6 +449,7 @@ pub(super) fn parse(path: &Path, text: &str, layer: Layer) -> Result<PolicyFile,
             rules,
             examples,
             floor_locked,
+            engine_hosts,
         })
     } else {
         Err(PolicyErrors(errors))

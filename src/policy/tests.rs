@@ -1569,3 +1569,54 @@ fn none_cannot_drop_a_system_file_that_locks_the_floor() {
     assert_eq!(engine.files().len(), 3);
     assert_eq!(verdict(&engine, &composer_click()), Verdict::Ask);
 }
+
+#[test]
+fn screenshots_go_to_loopback_and_to_listed_hosts_within_the_systems_list() {
+    let user = user_engine(&format!(
+        "{}\n[engine]\nallowed_hosts = [\"GPU-Box.lan\", \"10.0.0.5\", \"fe80::1\"]\n",
+        policy("balanced", "")
+    ));
+    for host in ["127.0.0.1", "localhost", "::1", "[::1]", "127.3.4.5"] {
+        assert!(user.engine_host(host).is_ok(), "{host}");
+    }
+    for host in ["gpu-box.lan", "10.0.0.5", "[fe80::1]"] {
+        let why = user.engine_host(host);
+        assert!(
+            why.as_ref().is_ok_and(|w| w.contains("allowed_hosts")),
+            "{host}: {why:?}"
+        );
+    }
+    let other = user.engine_host("10.0.0.6");
+    assert!(other.is_err_and(|e| e.contains("allowed_hosts = [\"10.0.0.6\"]")));
+    let nothing = user_engine(&policy("balanced", ""));
+    assert!(nothing.engine_host("gpu-box.lan").is_err());
+
+    // The system layer's list binds: the user's own entry outside it does not count.
+    let system = format!(
+        "{}\n[engine]\nallowed_hosts = [\"gpu-box.lan\"]\n",
+        policy("strict", "")
+    );
+    let bound = layered_engine(
+        Some(&system),
+        &format!(
+            "{}\n[engine]\nallowed_hosts = [\"10.0.0.5\"]\n",
+            policy("balanced", "")
+        ),
+    );
+    assert!(bound.engine_host("gpu-box.lan").is_ok());
+    let refused = bound.engine_host("10.0.0.5");
+    assert!(refused.is_err_and(|e| e.contains("binds")));
+}
+
+#[test]
+fn an_allowed_host_with_a_scheme_or_port_is_an_error_at_its_line() {
+    let text = format!(
+        "{}\n[engine]\nallowed_hosts = [\"http://gpu-box.lan:8080\"]\n",
+        policy("balanced", "")
+    );
+    let errors = file::parse(std::path::Path::new("p.toml"), &text, Layer::User)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(errors.contains("is not a host name"), "{errors}");
+}
