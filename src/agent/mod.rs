@@ -733,9 +733,7 @@ impl Context<'_, '_> {
         decision: &Decision,
         frame: Option<&Frame>,
     ) -> Result<(Verdict, Given), AbortReason> {
-        let for_the_person = decision
-            .asking()
-            .any(|m| matches!(m.layer, Layer::Floor | Layer::Budget));
+        let for_the_person = decision.only_the_person_answers();
         let (answer, by) = if self.options.yes && !for_the_person {
             (Answer::Once, AnsweredBy::YesFlag)
         } else {

@@ -296,10 +296,7 @@ fn explain(paths: &PolicyPaths, args: &ExplainArgs, display: Option<&str>) -> Re
 pub(crate) fn decision_text(decision: &Decision) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let deciding = match &decision.rule {
-        Some(rule) => format!("rule '{rule}'"),
-        None => layer_name(decision.layer).to_owned(),
-    };
+    let deciding = decision.decider();
     let _ = writeln!(
         out,
         "decision:  {}",

@@ -27,7 +27,6 @@ use crate::agent::dialog::Choice;
 use crate::agent::{UserAnswer, request_now};
 use crate::cli::policy::decision_text;
 use crate::input::Action;
-use crate::policy::tune::layer_name;
 use crate::policy::{Answer, Decision};
 use crate::screen::{FrameMap, Screen, X11Screen};
 use crate::trace::{AnsweredBy, Outcome, Refuser, StepRecord};
@@ -62,11 +61,13 @@ impl DeskhandMcp {
         }
     }
 
-    fn session(&self) -> Result<Arc<Session>, String> {
-        lock(&self.state)
-            .session
-            .clone()
-            .ok_or_else(|| "the session has not started; the client must initialize first".into())
+    fn session(&self) -> Result<Arc<Session>, ErrorData> {
+        lock(&self.state).session.clone().ok_or_else(|| {
+            ErrorData::internal_error(
+                "the session has not started; the client must initialize first",
+                None,
+            )
+        })
     }
 
     /// Starts the session's run, once, naming the client.
@@ -104,9 +105,7 @@ impl DeskhandMcp {
             Ok(args) => args,
             Err(e) => return Ok(error_result(e)),
         };
-        let session = self
-            .session()
-            .map_err(|e| ErrorData::internal_error(e, None))?;
+        let session = self.session()?;
         let index = args.monitor.unwrap_or(session.monitor.index);
         let Some(monitor) = session.monitors.iter().find(|m| m.index == index).cloned() else {
             return Ok(error_result(format!(
@@ -167,9 +166,7 @@ impl DeskhandMcp {
     }
 
     fn list_monitors(&self) -> Result<CallToolResult, ErrorData> {
-        let session = self
-            .session()
-            .map_err(|e| ErrorData::internal_error(e, None))?;
+        let session = self.session()?;
         let monitors: Vec<Value> = session
             .monitors
             .iter()
@@ -198,9 +195,7 @@ impl DeskhandMcp {
         arguments: Map<String, Value>,
         peer: &Peer<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
-        let session = self
-            .session()
-            .map_err(|e| ErrorData::internal_error(e, None))?;
+        let session = self.session()?;
         let Some(map) = self.current_map(&session) else {
             return Ok(error_result(
                 "the monitor's size is unknown; take a screenshot first",
@@ -240,9 +235,7 @@ impl DeskhandMcp {
             Ok(args) => args,
             Err(e) => return Ok(error_result(e)),
         };
-        let session = self
-            .session()
-            .map_err(|e| ErrorData::internal_error(e, None))?;
+        let session = self.session()?;
         let Some(map) = self.current_map(&session) else {
             return Ok(error_result(
                 "the monitor's size is unknown; take a screenshot first",

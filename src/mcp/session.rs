@@ -408,9 +408,7 @@ impl User for ClientUser {
     fn ask(&mut self, request: &Request, decision: &Decision, frame: Option<&Frame>) -> UserAnswer {
         // The floor's and the budgets' asks go only to deskhand's own dialog or terminal: a
         // client is software, and the agent it runs must not be the one that answers them.
-        let for_the_person = decision
-            .asking()
-            .any(|m| matches!(m.layer, Layer::Floor | Layer::Budget));
+        let for_the_person = decision.only_the_person_answers();
         if !for_the_person && let Some(answer) = self.ask_client(request, decision) {
             return answer;
         }

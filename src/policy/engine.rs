@@ -78,6 +78,21 @@ impl Decision {
         self.matched.iter().filter(|m| m.decision == Verdict::Ask)
     }
 
+    /// What decided, as the terminal says it: "rule 'x'", or the layer ("floor", "preset").
+    pub fn decider(&self) -> String {
+        match &self.rule {
+            Some(rule) => format!("rule '{rule}'"),
+            None => super::tune::layer_name(self.layer).to_owned(),
+        }
+    }
+
+    /// Whether only the person may answer this ask: the floor's and the budgets' asks never
+    /// go to `--yes` or to an MCP client, which an agent could be answering.
+    pub fn only_the_person_answers(&self) -> bool {
+        self.asking()
+            .any(|m| matches!(m.layer, Layer::Floor | Layer::Budget))
+    }
+
     /// The text the model is shown in its next prompt when the action was refused.
     pub fn refusal(&self) -> String {
         format!("denied by policy: {}", self.reason)
