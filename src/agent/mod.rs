@@ -16,7 +16,7 @@ pub use user::{TerminalUser, Unattended, User, UserAnswer, ask_choices, ask_deta
 
 use crate::input::{ABORT_EXIT_CODE, AbortReason, AbortSignal, Action, Hands, InputError};
 use crate::model::{Backend, ModelError, PastTurn, Prompt, Reply, UnusableReply, ms};
-use crate::policy::{Answer, Decision, Intent, Layer, Policy, Request, Verdict, WindowRef};
+use crate::policy::{Answer, Decision, Intent, Policy, Request, Verdict, WindowRef};
 use crate::screen::{
     ActiveWindow, Frame, FrameTarget, MonitorInfo, Observation, Screen, SettleOptions,
     changed_fraction, observe,

@@ -459,13 +459,10 @@ fn encode(image: &image::RgbImage) -> Result<(Vec<u8>, &'static str), String> {
 
 /// What deciding `decision` was: "allow by rule 'x' at FILE:LINE".
 fn decided(decision: &Decision) -> String {
-    let by = match &decision.rule {
-        Some(rule) => format!("rule '{rule}'"),
-        None => layer_name(decision.layer).to_owned(),
-    };
     format!(
-        "{} by {by} at {}",
+        "{} by {} at {}",
         decision.decision.name(),
+        decision.decider(),
         decision.source
     )
 }

@@ -24,8 +24,7 @@ use crate::agent::{
 use crate::input::{AbortSignal, Action, EnigoDevice, Executor, Hands};
 use crate::model::{Backend, ModelError, Prompt, Reply, Timings};
 use crate::policy::{
-    Answer, AnswerError, Checker, Decision, GrantStore, Layer, Policy, PolicyEngine, Request,
-    Verdict,
+    Answer, AnswerError, Checker, Decision, GrantStore, Policy, PolicyEngine, Request, Verdict,
 };
 use crate::screen::{Frame, MonitorInfo, Screen, SettleOptions, X11Screen};
 use crate::trace::{Recorder, RunEnd, RunStart, StepRecord, TraceError, TraceWriter, runs_dir};
