@@ -41,9 +41,10 @@ pub struct ModelBenchArgs {
     /// Repetitions of each measurement within a round.
     #[arg(long, default_value_t = 3)]
     pub repetitions: usize,
-    /// Rounds of deskhand then llama.cpp, one after the other, so that a slow spell of a shared
-    /// machine falls on both sides. Each figure is the median over the rounds, and each ratio
-    /// the median of the rounds' own ratios.
+    /// Rounds of measurements, each figure right next to llama.cpp's, with llama.cpp first in
+    /// every other round, so that a slow spell of a shared machine falls on both sides. Each
+    /// figure is the median over the rounds, and each ratio the median of the rounds' own
+    /// ratios.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub rounds: u32,
     /// Agent steps for the step, grammar and prefix-cache figures (default 4 without a
@@ -191,16 +192,6 @@ fn steps(
     })
 }
 
-/// llama-bench's own figures on the same model and threads.
-struct LlamaBenchFigures {
-    speeds: Speeds,
-    /// Prefill tokens/s for as many tokens as the image has, after as many tokens as come
-    /// before it in the prompt (llama-bench's -p and -d): llama.cpp's own speed for the same
-    /// work as the image-token prefill (llama-mtmd-cli does not print its image-token decode
-    /// time).
-    image_prefill_tokens_per_s: Option<f64>,
-}
-
 /// Runs llama-bench with `extra` arguments and returns the result rows of its JSON output.
 fn run_llama_bench(
     binary: &Path,
@@ -255,13 +246,13 @@ fn llama_bench_speed(
         .ok_or_else(|| anyhow!("llama-bench reported no pp{prompt} tg{generated} result"))?)
 }
 
+/// llama-bench's text prefill and decode, `-p N -n M`, as many repetitions as deskhand's.
 fn llama_bench(
     binary: &Path,
     model: &Path,
     threads: i32,
     args: &ModelBenchArgs,
-    image: Option<&ImageFigures>,
-) -> Result<LlamaBenchFigures, Failure> {
+) -> Result<Speeds, Failure> {
     let (p, n) = (args.prompt_tokens, args.gen_tokens);
     let runs = run_llama_bench(
         binary,
@@ -270,33 +261,36 @@ fn llama_bench(
         args.repetitions,
         &["-p".into(), p.to_string(), "-n".into(), n.to_string()],
     )?;
-    let image_prefill_tokens_per_s = match image {
-        Some(image) => {
-            let runs = run_llama_bench(
-                binary,
-                model,
-                threads,
-                1,
-                &[
-                    "-p".into(),
-                    image.image_tokens.to_string(),
-                    "-n".into(),
-                    "0".into(),
-                    "-d".into(),
-                    image.tokens_before.to_string(),
-                ],
-            )?;
-            Some(llama_bench_speed(&runs, image.image_tokens, 0)?)
-        }
-        None => None,
-    };
-    Ok(LlamaBenchFigures {
-        speeds: Speeds {
-            prefill_tokens_per_s: llama_bench_speed(&runs, p, 0)?,
-            decode_tokens_per_s: llama_bench_speed(&runs, 0, n)?,
-        },
-        image_prefill_tokens_per_s,
+    Ok(Speeds {
+        prefill_tokens_per_s: llama_bench_speed(&runs, p, 0)?,
+        decode_tokens_per_s: llama_bench_speed(&runs, 0, n)?,
     })
+}
+
+/// llama-bench's prefill of as many text tokens as the image has, after as many tokens as come
+/// before it in the prompt (`-p N -d D`): a second reference for the image-token prefill, with
+/// no encode before it. Tokens per second.
+fn llama_bench_image_prefill(
+    binary: &Path,
+    model: &Path,
+    threads: i32,
+    image: &ImageFigures,
+) -> Result<f64, Failure> {
+    let runs = run_llama_bench(
+        binary,
+        model,
+        threads,
+        1,
+        &[
+            "-p".into(),
+            image.image_tokens.to_string(),
+            "-n".into(),
+            "0".into(),
+            "-d".into(),
+            image.tokens_before.to_string(),
+        ],
+    )?;
+    llama_bench_speed(&runs, image.image_tokens, 0)
 }
 
 /// What one image costs: llama.cpp's own timers for the encoder and for decoding the image
@@ -610,52 +604,79 @@ pub fn model(args: &ModelBenchArgs) -> Result<(), Failure> {
     let mut rounds = Vec::new();
     for round in 1..=args.rounds {
         let of = format!("round {round}/{}", args.rounds);
-        eprintln!("{of}: deskhand prefill and decode ({threads} threads)...");
-        let ours = speeds(&mut session, args)?;
-        let image_figures = match &args.mmproj {
-            Some(_) => {
-                eprintln!(
-                    "{of}: deskhand, one {}x{} frame...",
-                    frame.image.width(),
-                    frame.image.height()
-                );
-                Some(image(&mut session, &engine, &frame, 1, round == 1)?)
-            }
-            None => None,
+        // Each figure is measured right next to its reference, and every other round the
+        // reference goes first, so a slow spell of a shared machine (minutes long here) or a
+        // drift over the run falls on both sides alike instead of on whichever ran later.
+        let reference_first = round % 2 == 0;
+        let ours_text = |session: &mut LlamaSession<'_>| -> Result<Speeds, Failure> {
+            eprintln!("{of}: deskhand prefill and decode ({threads} threads)...");
+            speeds(session, args)
         };
-        let mut reference = None;
-        let mut reference_image = None;
-        if let Some(dir) = &tools {
+        let ref_text = |dir: &Path| -> Result<Speeds, Failure> {
             let binary = dir.join("llama-bench");
             eprintln!("{of}: {}...", binary.display());
-            reference = Some(llama_bench(
-                &binary,
-                &args.model,
-                threads,
-                args,
-                image_figures.as_ref(),
-            )?);
-            if let (Some(mmproj), Some(file)) = (&args.mmproj, &frame_file) {
-                let binary = dir.join("llama-mtmd-cli");
-                eprintln!("{of}: {}...", binary.display());
-                reference_image = Some(mtmd_cli(
-                    &binary,
-                    args,
-                    mmproj,
-                    file.path(),
-                    &config,
-                    threads,
-                )?);
+            llama_bench(&binary, &args.model, threads, args)
+        };
+        let (ours, reference) = match &tools {
+            Some(dir) if reference_first => {
+                let theirs = ref_text(dir)?;
+                (ours_text(&mut session)?, Some(theirs))
             }
-        }
+            Some(dir) => {
+                let ours = ours_text(&mut session)?;
+                (ours, Some(ref_text(dir)?))
+            }
+            None => (ours_text(&mut session)?, None),
+        };
+        let ours_image = |session: &mut LlamaSession<'_>| -> Result<ImageFigures, Failure> {
+            eprintln!(
+                "{of}: deskhand, one {}x{} frame...",
+                frame.image.width(),
+                frame.image.height()
+            );
+            image(session, &engine, &frame, 1, round == 1)
+        };
+        let ref_image = |dir: &Path, mmproj: &Path, file: &Path| {
+            let binary = dir.join("llama-mtmd-cli");
+            eprintln!("{of}: {}...", binary.display());
+            mtmd_cli(&binary, args, mmproj, file, &config, threads)
+        };
+        let (image_figures, reference_image) = match (&args.mmproj, &tools, &frame_file) {
+            (Some(mmproj), Some(dir), Some(file)) if reference_first => {
+                let theirs = ref_image(dir, mmproj, file.path())?;
+                (Some(ours_image(&mut session)?), Some(theirs))
+            }
+            (Some(mmproj), Some(dir), Some(file)) => {
+                let ours = ours_image(&mut session)?;
+                (Some(ours), Some(ref_image(dir, mmproj, file.path())?))
+            }
+            (Some(_), _, _) => (Some(ours_image(&mut session)?), None),
+            _ => (None, None),
+        };
+        let ref_image_prefill_bench_tok_s = match (&tools, &image_figures) {
+            (Some(dir), Some(image)) => {
+                let binary = dir.join("llama-bench");
+                eprintln!("{of}: {}, image-sized prefill...", binary.display());
+                Some(llama_bench_image_prefill(
+                    &binary,
+                    &args.model,
+                    threads,
+                    image,
+                )?)
+            }
+            _ => None,
+        };
         let round = ModelReport::new(
             args,
             threads,
             ours,
             image_figures,
             own_peak_rss_mb(),
-            reference,
-            reference_image,
+            References {
+                text: reference,
+                image: reference_image,
+                image_prefill_bench_tok_s: ref_image_prefill_bench_tok_s,
+            },
         );
         if !args.json {
             round.print_ratios(&of);
@@ -692,6 +713,15 @@ fn config_threads(config: &EngineConfig) -> i32 {
     config
         .threads
         .unwrap_or_else(|| i32::try_from(crate::model::llama::physical_cores()).unwrap_or(4))
+}
+
+/// llama.cpp's own figures for one round: `llama-bench`'s text prefill and decode,
+/// `llama-mtmd-cli`'s image, and `llama-bench`'s image-sized prefill (tokens/s).
+#[derive(Default)]
+struct References {
+    text: Option<Speeds>,
+    image: Option<MtmdCliFigures>,
+    image_prefill_bench_tok_s: Option<f64>,
 }
 
 /// Everything `bench model` measured; `--json` prints it as one object.
@@ -739,20 +769,22 @@ impl ModelReport {
         ours: Speeds,
         image: Option<ImageFigures>,
         peak_rss_mb: f64,
-        reference: Option<LlamaBenchFigures>,
-        reference_image: Option<MtmdCliFigures>,
+        references: References,
     ) -> ModelReport {
+        let References {
+            text: reference,
+            image: reference_image,
+            image_prefill_bench_tok_s: ref_image_prefill_bench_tok_s,
+        } = references;
         let time_ratio = |ref_ms: f64, ours_ms: f64| ref_ms / ours_ms;
-        let ref_image_prefill_bench_ms = image.zip(reference.as_ref()).and_then(|(i, r)| {
-            r.image_prefill_tokens_per_s
-                .map(|tok_s| i.image_tokens as f64 / tok_s * 1e3)
-        });
+        let ref_image_prefill_bench_ms = image
+            .zip(ref_image_prefill_bench_tok_s)
+            .map(|(i, tok_s)| i.image_tokens as f64 / tok_s * 1e3);
         // Only a decode of as many image tokens is the same work.
         let ref_image_prefill_ms = image.zip(reference_image).and_then(|(i, r)| {
             r.image_prefill_ms
                 .filter(|_| r.image_tokens == Some(i.image_tokens))
         });
-        let reference = reference.map(|r| r.speeds);
         ModelReport {
             model: args.model.clone(),
             mmproj: args.mmproj.clone(),
@@ -851,7 +883,7 @@ impl ModelReport {
         }
         println!("llama.cpp built with: {}", self.system_info.trim());
         println!(
-            "{} round(s) of deskhand then llama.cpp: medians of the figures, and of each round's ratios",
+            "{} round(s), each figure next to llama.cpp's, llama.cpp first in even rounds: medians of the figures, and of each round's ratios",
             self.rounds.len().max(1)
         );
         println!("                    deskhand    llama.cpp   ratio (speed, >1: deskhand faster)");
@@ -955,10 +987,6 @@ mod tests {
             preprocess_ms: 5.0,
             prefill_ms: 1000.0,
         };
-        let reference = LlamaBenchFigures {
-            speeds: speeds(ref_tok_s),
-            image_prefill_tokens_per_s: Some(1200.0),
-        };
         let reference_image = MtmdCliFigures {
             encode_ms: ref_encode_ms,
             image_prefill_ms: Some(900.0),
@@ -971,8 +999,11 @@ mod tests {
             speeds(ours_tok_s),
             Some(image),
             100.0,
-            Some(reference),
-            Some(reference_image),
+            References {
+                text: Some(speeds(ref_tok_s)),
+                image: Some(reference_image),
+                image_prefill_bench_tok_s: Some(1200.0),
+            },
         )
     }
 
@@ -1047,7 +1078,17 @@ mod tests {
             image_tokens: Some(600),
             peak_rss_mb: 1.0,
         };
-        let report = ModelReport::new(&args, 2, speeds, Some(image), 1.0, None, Some(other));
+        let report = ModelReport::new(
+            &args,
+            2,
+            speeds,
+            Some(image),
+            1.0,
+            References {
+                image: Some(other),
+                ..References::default()
+            },
+        );
         assert_eq!(report.ref_image_prefill_ms, None);
         assert_eq!(report.ratio_image_prefill, None);
     }
