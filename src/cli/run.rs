@@ -63,6 +63,10 @@ pub struct RunArgs {
         requires = "engine"
     )]
     pub engine_constraint: Constraint,
+    /// The server's model has no vision (llama-server started without --mmproj): send the
+    /// conversation without screenshots, as a local model without a projector runs.
+    #[arg(long, requires = "engine")]
+    pub engine_text_only: bool,
     /// Seconds --engine may take for one answer before the step fails.
     #[arg(long, value_name = "SECS", default_value_t = 300, requires = "engine")]
     pub engine_timeout: u64,
@@ -373,17 +377,7 @@ fn remote_engine(
     url: &str,
     policy: &PolicyEngine,
 ) -> Result<(RemoteEngine, String), Failure> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| {
-        bad_input(anyhow!(
-            "--engine {url}: not a URL ({e}); for example --engine http://127.0.0.1:8080/v1"
-        ))
-    })?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(bad_input(anyhow!(
-            "--engine {url}: deskhand talks to model servers over http or https, not {}",
-            parsed.scheme()
-        )));
-    }
+    let parsed = engine_url(url)?;
     let host = parsed.host_str().unwrap_or_default();
     let allowed = policy
         .engine_host(host)
@@ -397,8 +391,29 @@ fn remote_engine(
     let mut config = RemoteConfig::new(url, model, family);
     config.constraint = args.engine_constraint;
     config.timeout = Duration::from_secs(args.engine_timeout.max(1));
-    let label = format!("{model} ({family}) on {}", config.url);
+    config.images = !args.engine_text_only;
+    let label = format!(
+        "{model} ({family}{}) on {}",
+        if config.images { "" } else { ", text only" },
+        config.url
+    );
     Ok((RemoteEngine::new(config)?, label))
+}
+
+/// `--engine URL`, checked to be an http or https URL.
+pub(crate) fn engine_url(url: &str) -> Result<reqwest::Url, Failure> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| {
+        bad_input(anyhow!(
+            "--engine {url}: not a URL ({e}); for example --engine http://127.0.0.1:8080/v1"
+        ))
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(bad_input(anyhow!(
+            "--engine {url}: deskhand talks to model servers over http or https, not {}",
+            parsed.scheme()
+        )));
+    }
+    Ok(parsed)
 }
 
 /// Which model to load, from --model or the installed ones, with its image-token budget;

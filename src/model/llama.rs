@@ -644,14 +644,6 @@ struct TemplateWarnings {
     not_extending: bool,
 }
 
-/// A frame's identity for [`Timings::new_tokens`]: a hash of its size and pixels.
-fn frame_id(frame: &Frame) -> u64 {
-    let mut h = std::hash::DefaultHasher::new();
-    std::hash::Hash::hash(&frame.image.dimensions(), &mut h);
-    std::hash::Hasher::write(&mut h, frame.image.as_raw());
-    std::hash::Hasher::finish(&h)
-}
-
 /// The raw result of generating one reply.
 pub struct Generated {
     pub text: String,
@@ -720,7 +712,7 @@ impl LlamaSession<'_> {
                     let frame = prompt.frame_of(first_turn + turn).ok_or_else(|| {
                         ModelError::Engine(format!("the prompt has no frame for turn {turn}"))
                     })?;
-                    units.push((Unit::Image(frame_id(frame)), Some(frame)));
+                    units.push((Unit::Image(super::frame_id(frame)), Some(frame)));
                 }
                 Piece::Image { .. } => {}
             }

@@ -65,6 +65,15 @@ pub struct Timings {
     /// closed there, so the action follows.
     #[serde(default)]
     pub thought_cut: bool,
+    /// A model server (`--engine`): building the request, the screenshots as PNG and base64
+    /// inside the JSON. Zero for a model in this process.
+    #[serde(default)]
+    pub request_encode_ms: f64,
+    /// A model server: the answer's wall time less the server's own prompt and decode times,
+    /// so HTTP, the server reading the request and decoding its images, and any queueing.
+    /// Zero for a model in this process, and for a server that reports no timings.
+    #[serde(default)]
+    pub http_overhead_ms: f64,
     pub total_ms: f64,
 }
 
@@ -121,6 +130,15 @@ pub struct UnusableReply {
 /// The think stage's boundary.
 pub trait Backend {
     fn reply(&mut self, prompt: &Prompt<'_>) -> Result<Reply, ModelError>;
+}
+
+/// A frame's identity across steps (for [`Timings::new_tokens`], the kept encodings, a model
+/// server's encoded screenshots): a hash of its size and pixels.
+pub(crate) fn frame_id(frame: &crate::screen::Frame) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(&frame.image.dimensions(), &mut h);
+    std::hash::Hasher::write(&mut h, frame.image.as_raw());
+    std::hash::Hasher::finish(&h)
 }
 
 pub fn ms(d: Duration) -> f64 {

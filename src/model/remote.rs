@@ -11,6 +11,7 @@
 //! Screenshots leave the machine here, so `deskhand run` lets this engine reach loopback only,
 //! unless a policy file lists the host (`PolicyEngine::engine_host`).
 
+use std::collections::HashMap;
 use std::io::Cursor;
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,9 @@ pub struct RemoteConfig {
     /// Further tries after a connection error or a 5xx answer.
     pub retries: u32,
     pub max_tokens: u32,
+    /// Send the screenshots; off for a server whose model has no vision, as a local model
+    /// without a projector runs on the conversation's text alone.
+    pub images: bool,
 }
 
 impl RemoteConfig {
@@ -60,6 +64,7 @@ impl RemoteConfig {
             timeout: Duration::from_secs(300),
             retries: 3,
             max_tokens: 1024,
+            images: true,
         }
     }
 }
@@ -69,6 +74,9 @@ pub struct RemoteEngine {
     config: RemoteConfig,
     client: reqwest::blocking::Client,
     endpoint: String,
+    /// The screenshots of the last request as data URLs, by frame: each request carries every
+    /// screenshot of the conversation, and most were in the one before.
+    encoded: HashMap<u64, String>,
 }
 
 impl RemoteEngine {
@@ -82,6 +90,7 @@ impl RemoteEngine {
             endpoint: format!("{}/chat/completions", config.url),
             config,
             client,
+            encoded: HashMap::new(),
         })
     }
 
@@ -89,9 +98,11 @@ impl RemoteEngine {
         self.config.family.family()
     }
 
-    /// The request for `prompt`: the family's messages, screenshots inline as PNG.
-    pub fn body(&self, prompt: &Prompt<'_>) -> Result<Value, ModelError> {
+    /// The request for `prompt`: the family's messages, screenshots inline as PNG (each
+    /// encoded once while it stays in the conversation).
+    pub fn body(&mut self, prompt: &Prompt<'_>) -> Result<Value, ModelError> {
         let family = self.family();
+        let mut encoded = HashMap::new();
         let messages = family.messages(&prompt.system, &prompt.task, &prompt.turns());
         let mut out = Vec::new();
         for message in &messages {
@@ -100,6 +111,7 @@ impl RemoteEngine {
             for piece in &message.parts {
                 match piece {
                     Piece::Markup(t) | Piece::Content(t) => text.push_str(t),
+                    Piece::Image { .. } if !self.config.images => {}
                     Piece::Image { turn } => {
                         if !text.is_empty() {
                             parts.push(json!({"type": "text", "text": std::mem::take(&mut text)}));
@@ -107,9 +119,15 @@ impl RemoteEngine {
                         let frame = prompt.frame_of(*turn).ok_or_else(|| {
                             ModelError::Remote(format!("the conversation has no screenshot {turn}"))
                         })?;
+                        let id = super::frame_id(frame);
+                        let url = match encoded.get(&id).or_else(|| self.encoded.get(&id)) {
+                            Some(url) => String::clone(url),
+                            None => png_data_url(&frame.image)?,
+                        };
+                        encoded.insert(id, url.clone());
                         parts.push(json!({
                             "type": "image_url",
-                            "image_url": {"url": png_data_url(&frame.image)?},
+                            "image_url": {"url": url},
                         }));
                     }
                 }
@@ -141,15 +159,14 @@ impl RemoteEngine {
             Constraint::Vllm => body["structured_outputs"] = json!({"grammar": family.grammar()}),
             Constraint::None => {}
         }
+        self.encoded = encoded;
         Ok(body)
     }
 
     /// Posts `body`, trying again after connection errors and 5xx answers with a growing
     /// pause; every other failure is said at once, naming the server and what it answered.
-    fn post(&self, body: &Value) -> Result<Value, ModelError> {
+    fn post(&self, payload: Vec<u8>) -> Result<Value, ModelError> {
         let endpoint = &self.endpoint;
-        let payload = serde_json::to_vec(body)
-            .map_err(|e| ModelError::Remote(format!("cannot write the request: {e}")))?;
         let mut last = String::new();
         for attempt in 0..=self.config.retries {
             if attempt > 0 {
@@ -177,6 +194,14 @@ impl RemoteEngine {
             let status = answer.status();
             if status.is_server_error() {
                 let text = answer.text().unwrap_or_default();
+                // llama-server answers 500 to screenshots it has no projector for: asking
+                // again cannot help.
+                if let Some(hint) = no_vision_hint(&text) {
+                    return Err(ModelError::Remote(format!(
+                        "{endpoint} answered {status}: {}{hint}",
+                        snippet(&text)
+                    )));
+                }
                 last = format!("{endpoint} answered {status}: {}", snippet(&text));
                 continue;
             }
@@ -194,8 +219,9 @@ impl RemoteEngine {
                 }
             };
             if !status.is_success() {
+                let hint = no_vision_hint(&text).unwrap_or_default();
                 return Err(ModelError::Remote(format!(
-                    "{endpoint} answered {status}: {}",
+                    "{endpoint} answered {status}: {}{hint}",
                     snippet(&text)
                 )));
             }
@@ -217,7 +243,10 @@ impl Backend for RemoteEngine {
     fn reply(&mut self, prompt: &Prompt<'_>) -> Result<Reply, ModelError> {
         let started = Instant::now();
         let body = self.body(prompt)?;
-        let answer = self.post(&body)?;
+        let payload = serde_json::to_vec(&body)
+            .map_err(|e| ModelError::Remote(format!("cannot write the request: {e}")))?;
+        let encoded = started.elapsed();
+        let answer = self.post(payload)?;
         let text = answer["choices"][0]["message"]["content"]
             .as_str()
             .ok_or_else(|| {
@@ -228,7 +257,7 @@ impl Backend for RemoteEngine {
                 ))
             })?
             .to_owned();
-        let timings = timings_of(&answer, started.elapsed());
+        let timings = timings_of(&answer, encoded, started.elapsed());
         let unusable = |error: ModelError, text: String, timings: Timings| {
             ModelError::Unusable(Box::new(UnusableReply {
                 raw: text,
@@ -255,24 +284,43 @@ impl Backend for RemoteEngine {
 }
 
 /// What the answer says it cost: the token counts of `usage`, and llama-server's own
-/// `timings` where it sends them; the rest of the wall time counts as decoding.
-fn timings_of(answer: &Value, elapsed: Duration) -> Timings {
+/// `timings` where it sends them (`prompt_n` tokens evaluated, `cache_n` kept from its cache);
+/// without them the wall time after the request was built counts as decoding. `encoded` is
+/// the time the request took to build, `elapsed` the whole reply's.
+fn timings_of(answer: &Value, encoded: Duration, elapsed: Duration) -> Timings {
     let count = |v: &Value| {
         v.as_u64()
             .and_then(|n| usize::try_from(n).ok())
             .unwrap_or(0)
     };
     let total_ms = elapsed.as_secs_f64() * 1e3;
+    let request_encode_ms = encoded.as_secs_f64() * 1e3;
+    let answered_ms = (total_ms - request_encode_ms).max(0.0);
     let server = &answer["timings"];
-    let prefill_ms = server["prompt_ms"].as_f64().unwrap_or(0.0);
+    let evaluated = server["prompt_n"].as_u64().map_or_else(
+        || count(&answer["usage"]["prompt_tokens"]),
+        |_| count(&server["prompt_n"]),
+    );
+    let (prefill_ms, decode_ms, http_overhead_ms) = match (
+        server["prompt_ms"].as_f64(),
+        server["predicted_ms"].as_f64(),
+    ) {
+        (Some(prompt), Some(predicted)) => (
+            prompt,
+            predicted,
+            (answered_ms - prompt - predicted).max(0.0),
+        ),
+        _ => (0.0, answered_ms, 0.0),
+    };
     Timings {
-        prefill_tokens: count(&answer["usage"]["prompt_tokens"]),
-        new_tokens: count(&server["prompt_n"]),
+        prefill_tokens: evaluated,
+        new_tokens: evaluated,
+        reused_tokens: count(&server["cache_n"]),
         prefill_ms,
         decode_tokens: count(&answer["usage"]["completion_tokens"]),
-        decode_ms: server["predicted_ms"]
-            .as_f64()
-            .unwrap_or((total_ms - prefill_ms).max(0.0)),
+        decode_ms,
+        request_encode_ms,
+        http_overhead_ms,
         total_ms,
         ..Timings::default()
     }
@@ -287,6 +335,15 @@ fn png_data_url(image: &image::RgbImage) -> Result<String, ModelError> {
         "data:image/png;base64,{}",
         base64::engine::general_purpose::STANDARD.encode(png)
     ))
+}
+
+/// What to do when the server's answer says its model takes no images (llama-server's words
+/// when it was started without a projector).
+fn no_vision_hint(text: &str) -> Option<&'static str> {
+    text.contains("image input is not supported").then_some(
+        " (the server's model takes no images: start it with its projector, \
+         llama-server --mmproj FILE, or pass --engine-text-only)",
+    )
 }
 
 /// The start of a server's text, on one line, for an error message.
@@ -318,6 +375,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::PastTurn;
     use crate::screen::{Frame, FrameMap, MonitorInfo};
 
     fn frame() -> Frame {
@@ -343,7 +401,7 @@ mod tests {
         ] {
             let mut config = RemoteConfig::new("http://127.0.0.1:9/v1/", "m", family);
             config.constraint = constraint;
-            let engine = RemoteEngine::new(config).unwrap_or_else(|e| panic!("{e}"));
+            let mut engine = RemoteEngine::new(config).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(engine.endpoint, "http://127.0.0.1:9/v1/chat/completions");
             let body = engine.body(&prompt).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(body["model"], "m");
@@ -371,21 +429,102 @@ mod tests {
     }
 
     #[test]
-    fn the_servers_own_timings_are_kept() {
+    fn a_screenshot_is_encoded_once_while_it_stays_in_the_conversation() {
+        let (first, second) = (frame(), {
+            let mut f = frame();
+            f.image.put_pixel(0, 0, image::Rgb([255, 0, 0]));
+            f
+        });
+        let mut engine = RemoteEngine::new(RemoteConfig::new(
+            "http://127.0.0.1:9/v1",
+            "m",
+            FamilyId::Gemma3,
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let step1 = Prompt::first("System.".into(), "Task.".into(), &first);
+        let body1 = engine.body(&step1).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(engine.encoded.len(), 1);
+        let mut step2 = Prompt::first("System.".into(), "Task.".into(), &second);
+        step2.past.push(PastTurn {
+            note: String::new(),
+            frame: Some(&first),
+            reply: "{}".into(),
+        });
+        let body2 = engine.body(&step2).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(engine.encoded.len(), 2);
+        let urls = |body: &Value| -> Vec<String> {
+            let text = body.to_string();
+            text.split("data:image/png;base64,")
+                .skip(1)
+                .map(|rest| rest.split('"').next().unwrap_or_default().to_owned())
+                .collect()
+        };
+        let (urls1, urls2) = (urls(&body1), urls(&body2));
+        assert_eq!(urls2.len(), 2);
+        assert_eq!(
+            urls2[0], urls1[0],
+            "the first screenshot, as it was sent before"
+        );
+        assert_ne!(urls2[1], urls1[0]);
+        // A screenshot that left the conversation leaves the cache too.
+        let step3 = Prompt::first("System.".into(), "Task.".into(), &second);
+        engine.body(&step3).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(engine.encoded.len(), 1);
+    }
+
+    #[test]
+    fn a_text_only_engine_is_sent_the_conversation_without_screenshots() {
+        let frame = frame();
+        let prompt = Prompt::first("System.".into(), "Open the menu.".into(), &frame);
+        let mut config = RemoteConfig::new("http://127.0.0.1:9/v1", "m", FamilyId::Gemma3);
+        config.images = false;
+        let mut engine = RemoteEngine::new(config).unwrap_or_else(|e| panic!("{e}"));
+        let body = engine.body(&prompt).unwrap_or_else(|e| panic!("{e}"));
+        let text = body.to_string();
+        assert!(!text.contains("image_url"), "{text}");
+        assert!(text.contains("Open the menu."), "{text}");
+        for message in body["messages"].as_array().into_iter().flatten() {
+            assert!(message["content"].is_string(), "plain text: {message}");
+        }
+    }
+
+    #[test]
+    fn the_servers_own_timings_are_kept_and_the_rest_is_overhead() {
         let answer = json!({
             "usage": {"prompt_tokens": 300, "completion_tokens": 12},
-            "timings": {"prompt_ms": 800.0, "predicted_ms": 150.0, "prompt_n": 40},
+            "timings": {"prompt_ms": 800.0, "predicted_ms": 150.0, "prompt_n": 40, "cache_n": 260},
         });
-        let t = timings_of(&answer, Duration::from_millis(1000));
+        let t = timings_of(
+            &answer,
+            Duration::from_millis(20),
+            Duration::from_millis(1000),
+        );
         assert_eq!(
-            (t.prefill_tokens, t.decode_tokens, t.new_tokens),
-            (300, 12, 40)
+            (
+                t.prefill_tokens,
+                t.new_tokens,
+                t.reused_tokens,
+                t.decode_tokens
+            ),
+            (40, 40, 260, 12)
         );
         assert_eq!(
             (t.prefill_ms, t.decode_ms, t.total_ms),
             (800.0, 150.0, 1000.0)
         );
-        let bare = timings_of(&json!({}), Duration::from_millis(500));
-        assert_eq!((bare.prefill_ms, bare.decode_ms), (0.0, 500.0));
+        assert!((t.request_encode_ms - 20.0).abs() < 1e-9, "{t:?}");
+        assert!((t.http_overhead_ms - 30.0).abs() < 1e-9, "{t:?}");
+        // A server without llama-server's timings (vLLM): all of the answer counts as
+        // decoding, and its overhead is not known.
+        let bare = timings_of(
+            &json!({"usage": {"prompt_tokens": 300}}),
+            Duration::from_millis(10),
+            Duration::from_millis(500),
+        );
+        assert_eq!((bare.prefill_tokens, bare.reused_tokens), (300, 0));
+        assert_eq!(
+            (bare.prefill_ms, bare.decode_ms, bare.http_overhead_ms),
+            (0.0, 490.0, 0.0)
+        );
     }
 }
