@@ -8,7 +8,7 @@ mod step;
 mod synth;
 
 pub use capture::{CaptureBenchArgs, capture};
-pub use model::{ModelBenchArgs, model};
+pub use model::{ModelBenchArgs, default_llama_tools, model};
 pub use policy::{PolicyBenchArgs, policy};
 pub use step::{StepBenchArgs, step};
 pub use synth::{SynthArgs, synth};

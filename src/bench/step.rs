@@ -15,8 +15,10 @@ use crate::agent::{self, Guards, ImageWindow, RunOptions, Stages, Unattended};
 use crate::cli::Failure;
 use crate::input::Selection;
 use crate::input::{AbortSignal, EnigoDevice, Executor};
+use crate::model::Backend;
 use crate::model::family::FamilyId;
-use crate::model::llama::{EngineConfig, LlamaEngine, LlamaSession, Reuse};
+use crate::model::llama::{EngineConfig, LlamaEngine, Reuse};
+use crate::model::remote::{Constraint, RemoteConfig, RemoteEngine};
 use crate::model::tiny::{TINY_IMAGE_SIZE, write_tiny_vlm};
 use crate::policy::{Checker, Layer, PolicyEngine};
 use crate::screen::{
@@ -60,6 +62,21 @@ pub struct StepBenchArgs {
     /// CPU threads (default: the physical cores).
     #[arg(long)]
     pub threads: Option<i32>,
+    /// Then run the same number of steps on a model server at URL (an OpenAI-compatible API,
+    /// e.g. llama-server at http://127.0.0.1:8080/v1) that serves the same --model and
+    /// --mmproj, and compare it with the model in this process: the summary's `engine` gives
+    /// the time each step spends building its request and on HTTP. The screenshots sent are
+    /// of the bench's own empty display.
+    #[arg(long, value_name = "URL", requires = "model")]
+    pub engine: Option<String>,
+    /// How --engine holds the model to the family's reply syntax (see `deskhand run --help`).
+    #[arg(
+        long,
+        value_name = "HOW",
+        default_value = "grammar",
+        requires = "engine"
+    )]
+    pub engine_constraint: Constraint,
     /// Print one JSON object instead of text: a `steps` array and a `summary`.
     #[arg(long)]
     pub json: bool,
@@ -83,6 +100,11 @@ struct StepFigures {
     act_ms: f64,
     record_ms: f64,
     step_ms: f64,
+    /// A model server: building the request (PNG, base64, JSON); 0 in this process.
+    request_encode_ms: f64,
+    /// A model server: the answer's wall time less the server's own prompt and decode
+    /// times; 0 in this process.
+    http_overhead_ms: f64,
     /// What became of the step ("refused by policy: ...", "model error: ...").
     outcome: String,
 }
@@ -109,6 +131,8 @@ impl StepFigures {
             act_ms: s.timings.act_ms,
             record_ms: s.timings.record_ms,
             step_ms: s.timings.total_ms,
+            request_encode_ms: t.request_encode_ms,
+            http_overhead_ms: t.http_overhead_ms,
             outcome: s.outcome.to_string(),
         }
     }
@@ -289,6 +313,23 @@ pub fn step(args: &StepBenchArgs) -> Result<(), Failure> {
     } else {
         None
     };
+    let on_server = match &args.engine {
+        Some(url) => {
+            crate::cli::run::engine_url(url)?;
+            eprintln!("the same steps on {url}");
+            let mut config = RemoteConfig::new(url, &model_name, engine.family().id());
+            config.constraint = args.engine_constraint;
+            // As in this process, steps are counted, not timed.
+            config.timeout = Duration::from_secs(3600);
+            let mut server = RemoteEngine::new(config)?;
+            let options = RunOptions {
+                engine: format!("{model_name} on {url}"),
+                ..options.clone()
+            };
+            Some(rig.steps(&options, &mut server, warmup, args.steps.max(1))?)
+        }
+        None => None,
+    };
     let median_of = |f: &dyn Fn(&crate::trace::StepRecord) -> f64| {
         let mut values: Vec<f64> = measured.iter().map(f).collect();
         values.sort_by(f64::total_cmp);
@@ -352,6 +393,14 @@ pub fn step(args: &StepBenchArgs) -> Result<(), Failure> {
     };
     let per_step: Vec<StepFigures> = measured.iter().map(StepFigures::of).collect();
     let conversation = ConversationFigures::of(&per_step, baseline.as_deref());
+    let server_steps: Option<Vec<StepFigures>> = on_server
+        .as_ref()
+        .map(|steps| steps.iter().map(StepFigures::of).collect());
+    let server = args
+        .engine
+        .as_deref()
+        .zip(server_steps.as_deref())
+        .map(|(url, steps)| EngineFigures::of(url, &per_step, steps));
     if args.json {
         let mut summary = serde_json::to_value(&report)?;
         if let (Some(map), serde_json::Value::Object(more)) = (
@@ -359,6 +408,9 @@ pub fn step(args: &StepBenchArgs) -> Result<(), Failure> {
             serde_json::to_value(&conversation)?,
         ) {
             map.extend(more);
+            if let Some(server) = &server {
+                map.insert("engine".into(), serde_json::to_value(server)?);
+            }
         }
         let baseline: Option<Vec<StepFigures>> = baseline
             .as_ref()
@@ -366,6 +418,7 @@ pub fn step(args: &StepBenchArgs) -> Result<(), Failure> {
         let out = serde_json::json!({
             "steps": per_step,
             "steps_full_recompute": baseline,
+            "steps_engine": server_steps,
             "summary": summary,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -382,31 +435,14 @@ pub fn step(args: &StepBenchArgs) -> Result<(), Failure> {
         report.images,
         report.threads
     );
-    println!(
-        "step  encodes  prefill tok  new tok  settle ms  encode ms  prefill ms  decode ms (tok)  policy+act+record ms  step ms"
-    );
-    for s in &per_step {
-        if s.image_encodes == 0 && s.prefill_tokens == 0 {
-            println!("{:>4}  {} after {:.0} ms", s.step, s.outcome, s.step_ms);
-            continue;
-        }
-        println!(
-            "{:>4}  {:>7}  {:>11}  {:>7}  {:>9.0}  {:>9.0}  {:>10.0}  {:>9.0} ({:>3})  {:>20.1}  {:>7.0}",
-            s.step,
-            s.image_encodes,
-            s.prefill_tokens,
-            s.new_tokens,
-            s.settle_ms,
-            s.image_encode_ms,
-            s.prefill_ms,
-            s.decode_ms,
-            s.decode_tokens,
-            s.policy_ms + s.act_ms + s.record_ms,
-            s.step_ms
-        );
-    }
+    print_table(&per_step);
     println!("peak RSS {:.0} MB", report.peak_rss_mb);
     conversation.print();
+    if let (Some(server), Some(steps)) = (&server, &server_steps) {
+        println!("the same steps on {}:", server.url);
+        print_table(steps);
+        server.print();
+    }
     let m = &report.medians_ms;
     println!("{} steps, medians:", report.steps);
     println!(
@@ -459,6 +495,116 @@ pub fn step(args: &StepBenchArgs) -> Result<(), Failure> {
         FIXED_SLEEP_MS / m.settle.max(0.001)
     );
     Ok(())
+}
+
+/// One line per step; a step the model never got to (an error) in words.
+fn print_table(steps: &[StepFigures]) {
+    println!(
+        "step  encodes  prefill tok  new tok  settle ms  encode ms  prefill ms  decode ms (tok)  request+http ms  policy+act+record ms  step ms"
+    );
+    for s in steps {
+        if s.image_encodes == 0 && s.prefill_tokens == 0 {
+            println!("{:>4}  {} after {:.0} ms", s.step, s.outcome, s.step_ms);
+            continue;
+        }
+        println!(
+            "{:>4}  {:>7}  {:>11}  {:>7}  {:>9.0}  {:>9.0}  {:>10.0}  {:>9.0} ({:>3})  {:>15.1}  {:>20.1}  {:>7.0}",
+            s.step,
+            s.image_encodes,
+            s.prefill_tokens,
+            s.new_tokens,
+            s.settle_ms,
+            s.image_encode_ms,
+            s.prefill_ms,
+            s.decode_ms,
+            s.decode_tokens,
+            s.request_encode_ms + s.http_overhead_ms,
+            s.policy_ms + s.act_ms + s.record_ms,
+            s.step_ms
+        );
+    }
+}
+
+/// The same steps on a model server, against the model in this process on the same files.
+#[derive(Debug, Serialize)]
+struct EngineFigures {
+    url: String,
+    steps: usize,
+    median_step_ms: f64,
+    median_step_ms_in_process: f64,
+    /// Building each request: the screenshots as PNG and base64, the JSON.
+    median_request_encode_ms: f64,
+    /// Each answer's wall time less the server's own prompt and decode times: HTTP, the
+    /// server reading the request and decoding its PNGs, queueing.
+    median_http_overhead_ms: f64,
+    /// The two together, per step: what the server costs a step beyond the model's work.
+    median_overhead_ms: f64,
+    /// Median over steps of that overhead ÷ the step without settling.
+    overhead_share: f64,
+    /// Evaluating the prompt: the server's prompt time (its image encoding included), and
+    /// this process's image encoding plus prefill.
+    median_prompt_ms: f64,
+    median_prompt_ms_in_process: f64,
+    /// Tokens evaluated per step (the rest came from each side's cache).
+    median_prefill_tokens: f64,
+    median_prefill_tokens_in_process: f64,
+    median_decode_ms_per_token: f64,
+    median_decode_ms_per_token_in_process: f64,
+}
+
+impl EngineFigures {
+    fn of(url: &str, in_process: &[StepFigures], server: &[StepFigures]) -> EngineFigures {
+        let median = |steps: &[StepFigures], f: &dyn Fn(&StepFigures) -> f64| {
+            let mut v: Vec<f64> = steps.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+        };
+        let overhead = |s: &StepFigures| s.request_encode_ms + s.http_overhead_ms;
+        let prompt = |s: &StepFigures| s.image_encode_ms + s.prefill_ms;
+        let per_token = |s: &StepFigures| s.decode_ms / s.decode_tokens.max(1) as f64;
+        EngineFigures {
+            url: url.to_owned(),
+            steps: server.len(),
+            median_step_ms: median(server, &|s| s.step_ms),
+            median_step_ms_in_process: median(in_process, &|s| s.step_ms),
+            median_request_encode_ms: median(server, &|s| s.request_encode_ms),
+            median_http_overhead_ms: median(server, &|s| s.http_overhead_ms),
+            median_overhead_ms: median(server, &overhead),
+            overhead_share: median(server, &|s| {
+                let work = s.step_ms - s.settle_ms;
+                if work > 0.0 { overhead(s) / work } else { 0.0 }
+            }),
+            median_prompt_ms: median(server, &prompt),
+            median_prompt_ms_in_process: median(in_process, &prompt),
+            median_prefill_tokens: median(server, &|s| s.prefill_tokens as f64),
+            median_prefill_tokens_in_process: median(in_process, &|s| s.prefill_tokens as f64),
+            median_decode_ms_per_token: median(server, &per_token),
+            median_decode_ms_per_token_in_process: median(in_process, &per_token),
+        }
+    }
+
+    fn print(&self) {
+        println!(
+            "on the server: median step {:.0} ms against {:.0} ms in this process",
+            self.median_step_ms, self.median_step_ms_in_process
+        );
+        println!(
+            "  per step: building the request {:.1} ms, HTTP and the server's handling outside its model {:.1} ms; together {:.1} ms, {:.2}% of the step without settling",
+            self.median_request_encode_ms,
+            self.median_http_overhead_ms,
+            self.median_overhead_ms,
+            self.overhead_share * 100.0
+        );
+        println!(
+            "  prompt {:.0} ms ({:.0} tokens evaluated) against {:.0} ms ({:.0}); decoding {:.1} ms a token against {:.1}",
+            self.median_prompt_ms,
+            self.median_prefill_tokens,
+            self.median_prompt_ms_in_process,
+            self.median_prefill_tokens_in_process,
+            self.median_decode_ms_per_token,
+            self.median_decode_ms_per_token_in_process
+        );
+    }
 }
 
 /// What the conversation's cache saves, over the measured steps.
@@ -625,7 +771,7 @@ impl Rig<'_> {
     fn steps(
         &mut self,
         options: &RunOptions,
-        session: &mut LlamaSession<'_>,
+        backend: &mut dyn Backend,
         warmup: usize,
         count: usize,
     ) -> Result<Vec<crate::trace::StepRecord>, Failure> {
@@ -651,7 +797,7 @@ impl Rig<'_> {
                     screen: &mut *self.screen,
                     monitor: self.monitor.clone(),
                     monitors: self.monitors.clone(),
-                    backend: &mut *session,
+                    backend: &mut *backend,
                     policy: &mut *self.policy,
                     hands: &mut *self.hands,
                     recorder: &mut recorder,
