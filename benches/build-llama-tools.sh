@@ -7,7 +7,8 @@
 # fetch-llama-source.sh downloads the same b11434 tree with pip (the script compares llama.h and
 # mtmd.h). Nothing else is fetched (LLAMA_USE_PREBUILT_UI=OFF keeps the server's build offline).
 #
-#   benches/build-llama-tools.sh          # prints the folder holding the three binaries
+#   benches/build-llama-tools.sh               # prints the folder holding the three binaries
+#   benches/build-llama-tools.sh llama-server  # only the tools named (CI needs only the server)
 #
 # Cached by version under ${XDG_CACHE_HOME:-~/.cache}/deskhand/llama-tools/VERSION: a second run
 # prints the folder at once.
@@ -17,7 +18,14 @@ cd "$(dirname "$0")/.."
 version=11434.0.0
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/deskhand/llama-tools/$version"
 bin="$cache/build/bin"
-tools=(llama-bench llama-mtmd-cli llama-server)
+tools=("$@")
+[ "${#tools[@]}" -gt 0 ] || tools=(llama-bench llama-mtmd-cli llama-server)
+for t in "${tools[@]}"; do
+  case "$t" in
+    llama-bench | llama-mtmd-cli | llama-server) ;;
+    *) echo "unknown tool $t: this script builds llama-bench, llama-mtmd-cli and llama-server" >&2; exit 2 ;;
+  esac
+done
 
 have_all() { for t in "${tools[@]}"; do [ -x "$bin/$t" ] || return 1; done; }
 if have_all; then

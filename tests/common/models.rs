@@ -71,3 +71,22 @@ pub fn llama_templates() -> PathBuf {
     );
     dir
 }
+
+/// llama.cpp's own `llama-server`, built from the source deskhand links by
+/// benches/build-llama-tools.sh: $DESKHAND_TEST_LLAMA_SERVER, else where that script puts it.
+#[allow(dead_code)] // each test crate includes this file and uses what it needs
+pub fn llama_server() -> PathBuf {
+    let path = std::env::var_os("DESKHAND_TEST_LLAMA_SERVER")
+        .map(PathBuf::from)
+        .or_else(|| deskhand::bench::default_llama_tools().map(|bin| bin.join("llama-server")))
+        .unwrap_or_default();
+    assert!(
+        path.is_file(),
+        "this test needs llama.cpp's llama-server at {} (CI={}): run \
+         benches/build-llama-tools.sh llama-server, or set DESKHAND_TEST_LLAMA_SERVER to the \
+         binary (bash .ci/run does both)",
+        path.display(),
+        std::env::var("CI").unwrap_or_default()
+    );
+    path
+}
