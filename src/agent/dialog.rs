@@ -388,6 +388,9 @@ pub fn show(
         .get(screen_num)
         .cloned()
         .ok_or(DialogError::NoScreen(screen_num))?;
+    // Where the keyboard was before the dialog takes it, to give it back when the dialog
+    // closes: the window the person was asked about stays the one the action reaches.
+    let focus_before = conn.get_input_focus().ok().and_then(|c| c.reply().ok());
     let visual = screen
         .allowed_depths
         .iter()
@@ -528,10 +531,23 @@ pub fn show(
     let _ = conn.close_font(font);
     // A round trip: once it returns, the server has destroyed the window, so no capture
     // taken after this can show it.
-    let _ = conn.get_input_focus().map(|c| c.reply());
+    let focus_after = conn.get_input_focus().ok().and_then(|c| c.reply().ok());
+    // Destroying the focused dialog reverts the focus to its parent, the root: then, and only
+    // then (not if the person has since focused something else), it goes back where it was.
+    let reverted = focus_after.is_some_and(|f| {
+        f.focus == screen.root || f.focus == x11rb::NONE || f.focus == POINTER_ROOT
+    });
+    if let Some(before) = focus_before.filter(|b| reverted && b.focus != screen.root) {
+        let _ = conn
+            .set_input_focus(before.revert_to, before.focus, x11rb::CURRENT_TIME)
+            .map(|c| c.check());
+    }
     drop(guard);
     result
 }
+
+/// The focus value that follows the pointer (`PointerRoot` in the protocol).
+const POINTER_ROOT: u32 = 1;
 
 /// The picture in the server's Z-pixmap layout, when the root depth draws 32 bits a pixel
 /// (every TrueColor desktop today); `None` otherwise, and the dialog goes without it.
