@@ -653,3 +653,180 @@ async fn an_mcp_client_over_http_needs_the_token() {
         .expect("wait");
     assert_eq!(status.code(), Some(130), "stderr:\n{}", setup.stderr());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parking_the_pointer_in_a_corner_stops_the_server_and_ends_the_session() {
+    let display = display(1920, 1080);
+    let window = TestWindow::open(&display, "600x400+200+150", "MCP target");
+    let setup = Setup::new(BALANCED);
+    let (mut server, url) = start_http(&setup, &display);
+    let token = std::fs::read_to_string(setup.path("token")).expect("token");
+    let client = http_client(&url, token.trim())
+        .await
+        .unwrap_or_else(|e| panic!("initialize over HTTP: {e}; stderr:\n{}", setup.stderr()));
+    let shot = call(&client, "screenshot", json!({}))
+        .await
+        .expect("screenshot");
+    assert!(!is_error(&shot), "{shot}");
+    let red = window.target("red");
+    let (x, y) = in_screenshot(red.x, red.y);
+    let clicked = call(&client, "click", json!({"x": x, "y": y}))
+        .await
+        .expect("click");
+    assert!(!is_error(&clicked), "{clicked}");
+
+    // The person takes the mouse and parks it in a corner, as with `deskhand run`.
+    let parked = Instant::now();
+    common::warp_pointer(&display, 1919, 1079);
+    let status = tokio::time::timeout(Duration::from_secs(20), server.wait())
+        .await
+        .unwrap_or_else(|_| panic!("the server went on; stderr:\n{}", setup.stderr()))
+        .expect("wait");
+    eprintln!(
+        "stopped {:?} after the pointer was parked",
+        parked.elapsed()
+    );
+    assert_eq!(status.code(), Some(130), "stderr:\n{}", setup.stderr());
+    assert!(setup.stderr().contains("failsafe"), "{}", setup.stderr());
+    assert_eq!(common::held_by_server(&display), (vec![], 0));
+    let trace = setup.finished_trace();
+    let end = trace.last().expect("end");
+    assert_eq!(end["status"], "aborted", "{end}");
+    assert!(
+        trace
+            .iter()
+            .any(|l| l["record"] == "step" && l["outcome"]["status"] == "executed"),
+        "the click before it is in the record"
+    );
+    drop(client);
+}
+
+/// Waits for deskhand's ask dialog on `display` (mapped and focused, then past the 600 ms in
+/// which it ignores input), and clicks its button for `key` as a person would, through
+/// `deskhand act`, a separate process.
+fn answer_the_dialog(display: &VirtualDisplay, key: char) {
+    use x11rb::connection::Connection;
+    use x11rb::protocol::xproto::{AtomEnum, ConnectionExt as _, MapState};
+    let (conn, screen) = x11rb::connect(Some(display.name())).expect("connect to the display");
+    let root = conn.setup().roots[screen].root;
+    let buttons_atom = conn
+        .intern_atom(false, b"_DESKHAND_BUTTONS")
+        .expect("intern")
+        .reply()
+        .expect("atom")
+        .atom;
+    let started = Instant::now();
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no ask dialog within 30 s"
+        );
+        let children = conn
+            .query_tree(root)
+            .expect("query_tree")
+            .reply()
+            .expect("tree")
+            .children;
+        for window in children {
+            let class = conn
+                .get_property(false, window, AtomEnum::WM_CLASS, AtomEnum::STRING, 0, 64)
+                .expect("WM_CLASS")
+                .reply()
+                .map(|r| r.value)
+                .unwrap_or_default();
+            let viewable = conn
+                .get_window_attributes(window)
+                .expect("attributes")
+                .reply()
+                .is_ok_and(|a| a.map_state == MapState::VIEWABLE);
+            let focused = conn
+                .get_input_focus()
+                .expect("focus")
+                .reply()
+                .is_ok_and(|f| f.focus == window);
+            if !class.starts_with(b"deskhand-ask\0") || !viewable || !focused {
+                continue;
+            }
+            std::thread::sleep(Duration::from_millis(800));
+            let at = conn
+                .translate_coordinates(window, root, 0, 0)
+                .expect("translate")
+                .reply()
+                .expect("position");
+            let listed = conn
+                .get_property(false, window, buttons_atom, AtomEnum::STRING, 0, 256)
+                .expect("buttons")
+                .reply()
+                .expect("buttons")
+                .value;
+            let listed = String::from_utf8(listed).expect("the buttons property is text");
+            let (x, y) = listed
+                .split(';')
+                .find_map(|b| {
+                    let (k, rect) = b.split_once(':')?;
+                    let n: Vec<i32> = rect.split(',').filter_map(|v| v.parse().ok()).collect();
+                    (k.starts_with(key) && n.len() == 4).then(|| {
+                        (
+                            i32::from(at.dst_x) + n[0] + n[2] / 2,
+                            i32::from(at.dst_y) + n[1] + n[3] / 2,
+                        )
+                    })
+                })
+                .unwrap_or_else(|| panic!("no [{key}] button in {listed}"));
+            common::act_ok(display, &format!(r#"{{"action":"click","x":{x},"y":{y}}}"#));
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_elicitation_has_its_asks_answered_in_deskhands_dialog() {
+    let display = display(1920, 1080);
+    let window = TestWindow::open(&display, "600x400+200+150", "MCP target");
+    let setup = Setup::new(
+        "schema_version = 1\npreset = \"balanced\"\n\n[[rule]]\nid = \"ask-testwin\"\n\
+         decision = \"ask\"\nreason = \"the test window asks\"\napp = [\"deskhand-testwin\"]\n\
+         action = [\"click\"]\n",
+    );
+    // The dialog is allowed, as on a desktop; the client cannot elicit.
+    let mut command = setup.command(&display, &[]);
+    command.env_remove("DESKHAND_NO_DIALOG");
+    let (transport, _) = TokioChildProcess::builder(command)
+        .stderr(setup.stderr_file())
+        .spawn()
+        .expect("start deskhand mcp");
+    let client = TestClient::new(None)
+        .serve(transport)
+        .await
+        .unwrap_or_else(|e| panic!("initialize: {e}; stderr:\n{}", setup.stderr()));
+    let red = window.target("red");
+    let (x, y) = in_screenshot(red.x, red.y);
+    // The person answers the one dialog; a second ask would leave the call waiting.
+    let (clicked, ()) = tokio::join!(
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            call(&client, "click", json!({"x": x, "y": y}))
+        ),
+        async {
+            tokio::task::block_in_place(|| answer_the_dialog(&display, 'o'));
+        }
+    );
+    let clicked = clicked
+        .unwrap_or_else(|_| panic!("the click still waits; stderr:\n{}", setup.stderr()))
+        .expect("click");
+    assert!(!is_error(&clicked), "{clicked}");
+    window.wait_for("the click on red", Duration::from_secs(10), |e| {
+        e["event"] == "button_press" && e["target"] == "red"
+    });
+    client.cancel().await.expect("close the session");
+    let trace = setup.finished_trace();
+    let step = trace
+        .iter()
+        .find(|l| l["record"] == "step" && l["action"]["action"] == "click")
+        .expect("the click's step");
+    assert_eq!(step["decision"]["rule"], "ask-testwin", "{step}");
+    assert_eq!(step["answer"], "once", "{step}");
+    assert_eq!(step["answered_by"], "person", "{step}");
+    assert_eq!(step["outcome"]["status"], "executed", "{step}");
+}
