@@ -192,19 +192,6 @@ impl RemoteEngine {
                 }
             };
             let status = answer.status();
-            if status.is_server_error() {
-                let text = answer.text().unwrap_or_default();
-                // llama-server answers 500 to screenshots it has no projector for: asking
-                // again cannot help.
-                if let Some(hint) = no_vision_hint(&text) {
-                    return Err(ModelError::Remote(format!(
-                        "{endpoint} answered {status}: {}{hint}",
-                        snippet(&text)
-                    )));
-                }
-                last = format!("{endpoint} answered {status}: {}", snippet(&text));
-                continue;
-            }
             let text: String = match answer.text() {
                 Ok(text) => text,
                 Err(e) if e.is_timeout() => {
@@ -218,8 +205,15 @@ impl RemoteEngine {
                     continue;
                 }
             };
+            // llama-server answers 500 to screenshots it has no projector for: asking again
+            // cannot help, so that one is said at once.
+            let hint = no_vision_hint(&text);
+            if status.is_server_error() && hint.is_none() {
+                last = format!("{endpoint} answered {status}: {}", snippet(&text));
+                continue;
+            }
             if !status.is_success() {
-                let hint = no_vision_hint(&text).unwrap_or_default();
+                let hint = hint.unwrap_or_default();
                 return Err(ModelError::Remote(format!(
                     "{endpoint} answered {status}: {}{hint}",
                     snippet(&text)
