@@ -27,6 +27,11 @@ use serde_json::{Map, Value, json};
 
 const BALANCED: &str = "schema_version = 1\npreset = \"balanced\"\n";
 
+/// Balanced, and clicks in the test window ask.
+const ASK_IN_TEST_WINDOW: &str = "schema_version = 1\npreset = \"balanced\"\n\n[[rule]]\n\
+    id = \"ask-testwin\"\ndecision = \"ask\"\nreason = \"the test window asks\"\n\
+    app = [\"deskhand-testwin\"]\naction = [\"click\"]\n";
+
 /// A test's folders: runs, policy, grants, token.
 struct Setup {
     dir: tempfile::TempDir,
@@ -385,11 +390,7 @@ async fn an_ask_goes_to_the_clients_person_through_elicitation() {
     let display = display(1920, 1080);
     let window = TestWindow::open(&display, "600x400+200+150", "MCP target");
     // Clicks in the test window ask; a lasting answer is not the client's to give.
-    let setup = Setup::new(
-        "schema_version = 1\npreset = \"balanced\"\n\n[[rule]]\nid = \"ask-testwin\"\n\
-         decision = \"ask\"\nreason = \"the test window asks\"\napp = [\"deskhand-testwin\"]\n\
-         action = [\"click\"]\n",
-    );
+    let setup = Setup::new(ASK_IN_TEST_WINDOW);
     let person = TestClient::new(Some("once"));
     let asked = person.asked.clone();
     let client = person
@@ -784,11 +785,7 @@ fn answer_the_dialog(display: &VirtualDisplay, key: char) {
 async fn a_client_without_elicitation_has_its_asks_answered_in_deskhands_dialog() {
     let display = display(1920, 1080);
     let window = TestWindow::open(&display, "600x400+200+150", "MCP target");
-    let setup = Setup::new(
-        "schema_version = 1\npreset = \"balanced\"\n\n[[rule]]\nid = \"ask-testwin\"\n\
-         decision = \"ask\"\nreason = \"the test window asks\"\napp = [\"deskhand-testwin\"]\n\
-         action = [\"click\"]\n",
-    );
+    let setup = Setup::new(ASK_IN_TEST_WINDOW);
     // The dialog is allowed, as on a desktop; the client cannot elicit.
     let mut command = setup.command(&display, &[]);
     command.env_remove("DESKHAND_NO_DIALOG");
