@@ -476,7 +476,6 @@ impl PolicyEngine {
         self.files.iter().map(|f| f.examples.len()).sum()
     }
 
-    /// The files in force and their presets, for `policy check`.
     /// Whether screenshots may go to a remote engine at `host` (`deskhand run --engine`):
     /// loopback always; another host only when a policy file's `[engine] allowed_hosts` names
     /// it and, where the system layer has such a list, that list names it too (the admin's
@@ -536,6 +535,7 @@ impl PolicyEngine {
         }
     }
 
+    /// The files in force and their presets, for `policy check`.
     pub fn files(&self) -> Vec<(PathBuf, Preset)> {
         self.files
             .iter()

@@ -128,6 +128,12 @@ task_timeout_s = 1800
 send_email = 3
 send_message = 10
 
+# A model server on another machine (`deskhand run --engine URL`) sees every screenshot, so
+# deskhand sends them only to this machine (localhost, 127.0.0.1, ::1) and to the hosts listed
+# here: the host name alone, without scheme, port or path.
+# [engine]
+# allowed_hosts = ["gpu-box.lan"]
+
 # Named groups of programs, by executable name (see `deskhand window`). A rule's `app` list
 # may name a group ("@terminal", or "terminal" where this file defines it) or a program
 # directly. An optional `title` regex also counts as the app; web pages set their titles, so
