@@ -38,9 +38,17 @@ pub struct ModelBenchArgs {
     /// Generated tokens for the decode figure (llama-bench's -n).
     #[arg(long, default_value_t = 64)]
     pub gen_tokens: usize,
-    /// Repetitions of each measurement within a round.
+    /// Repetitions of the text prefill within a round, on each side; the round keeps each
+    /// side's fastest (a shared machine's interference only ever slows a run, so the fastest
+    /// repetition is the figure it moves least).
     #[arg(long, default_value_t = 3)]
     pub repetitions: usize,
+    /// Decodes a side within a round, taken in pairs, deskhand's right next to a one-repetition
+    /// llama-bench's, in alternating order: the round's decode ratio is the median of the pairs'
+    /// own ratios. A decode lasts seconds, and the slow spells of a shared machine last
+    /// minutes, so a pair sees the same machine where two blocks of repetitions do not.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub decode_pairs: u32,
     /// Rounds of measurements, each figure right next to llama.cpp's, with llama.cpp first in
     /// every other round, so that a slow spell of a shared machine falls on both sides. Each
     /// figure is the median over the rounds, and each ratio the median of the rounds' own
@@ -91,18 +99,82 @@ struct StepFigures {
     sample_reply: String,
 }
 
-fn speeds(session: &mut LlamaSession<'_>, args: &ModelBenchArgs) -> Result<Speeds, Failure> {
+/// deskhand's text prefill: the fastest of `--repetitions`, tokens per second.
+fn prefill_speed(session: &mut LlamaSession<'_>, args: &ModelBenchArgs) -> Result<f64, Failure> {
     let mut prefill = Vec::new();
-    let mut decode = Vec::new();
     for _ in 0..args.repetitions.max(1) {
         prefill.push(session.bench_prefill(args.prompt_tokens)?);
-        decode.push(session.bench_decode(args.gen_tokens)?);
     }
-    let median = |v: &[Duration]| Summary::of(v).map_or(f64::NAN, |s| s.median_ms);
-    Ok(Speeds {
-        prefill_tokens_per_s: args.prompt_tokens as f64 / (median(&prefill) / 1e3),
-        decode_tokens_per_s: args.gen_tokens as f64 / (median(&decode) / 1e3),
-    })
+    let fastest = Summary::of(&prefill).map_or(f64::NAN, |s| s.min_ms);
+    Ok(args.prompt_tokens as f64 / (fastest / 1e3))
+}
+
+/// deskhand's decode of `--gen-tokens` once, tokens per second.
+fn decode_speed(session: &mut LlamaSession<'_>, args: &ModelBenchArgs) -> Result<f64, Failure> {
+    let took = session.bench_decode(args.gen_tokens)?;
+    Ok(args.gen_tokens as f64 / took.as_secs_f64())
+}
+
+/// One decode by each side, back to back, tokens per second.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct DecodePair {
+    tok_s: f64,
+    ref_tok_s: f64,
+}
+
+/// `--decode-pairs` pairs of decodes, deskhand's and llama-bench's (`-p 0 -n M -r 1`), the
+/// order alternating from pair to pair and starting with llama-bench's when `reference_first`.
+fn decode_pairs(
+    session: &mut LlamaSession<'_>,
+    llama_bench: &Path,
+    threads: i32,
+    args: &ModelBenchArgs,
+    reference_first: bool,
+) -> Result<Vec<DecodePair>, Failure> {
+    let theirs = || -> Result<f64, Failure> {
+        let runs = run_llama_bench(
+            llama_bench,
+            &args.model,
+            threads,
+            1,
+            &[
+                "-p".into(),
+                "0".into(),
+                "-n".into(),
+                args.gen_tokens.to_string(),
+            ],
+        )?;
+        llama_bench_speed(&runs, 0, args.gen_tokens)
+    };
+    let mut pairs = Vec::new();
+    for pair in 0..args.decode_pairs {
+        let pair = if reference_first == (pair % 2 == 0) {
+            let ref_tok_s = theirs()?;
+            DecodePair {
+                tok_s: decode_speed(session, args)?,
+                ref_tok_s,
+            }
+        } else {
+            let tok_s = decode_speed(session, args)?;
+            DecodePair {
+                tok_s,
+                ref_tok_s: theirs()?,
+            }
+        };
+        pairs.push(pair);
+    }
+    Ok(pairs)
+}
+
+/// The median of `values` (the mean of the middle two for an even count); None when empty.
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        n if n % 2 == 1 => Some(values[n / 2]),
+        n => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
 }
 
 /// A synthetic 1920x1080 desktop frame of the size the engine wants: a light window with a
@@ -230,41 +302,48 @@ fn run_llama_bench(
         .with_context(|| format!("unexpected output from {}", binary.display()))?)
 }
 
-/// The tokens/s of the row with these prompt and generated token counts.
+/// The tokens/s of the fastest repetition in the row with these prompt and generated token
+/// counts (its `samples_ts`; the average where a build prints no samples), as deskhand's own
+/// figure keeps its fastest repetition.
 fn llama_bench_speed(
     runs: &[serde_json::Value],
     prompt: usize,
     generated: usize,
 ) -> Result<f64, Failure> {
-    Ok(runs
+    let row = runs
         .iter()
         .find(|r| {
             r["n_prompt"].as_u64() == Some(prompt as u64)
                 && r["n_gen"].as_u64() == Some(generated as u64)
         })
-        .and_then(|r| r["avg_ts"].as_f64())
-        .ok_or_else(|| anyhow!("llama-bench reported no pp{prompt} tg{generated} result"))?)
+        .ok_or_else(|| anyhow!("llama-bench reported no pp{prompt} tg{generated} result"))?;
+    let fastest = row["samples_ts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(serde_json::Value::as_f64)
+        .reduce(f64::max);
+    Ok(fastest
+        .or_else(|| row["avg_ts"].as_f64())
+        .ok_or_else(|| anyhow!("llama-bench's pp{prompt} tg{generated} row has no speed"))?)
 }
 
-/// llama-bench's text prefill and decode, `-p N -n M`, as many repetitions as deskhand's.
-fn llama_bench(
+/// llama-bench's text prefill, `-p N -n 0`, as many repetitions as deskhand's: its fastest.
+fn llama_bench_prefill(
     binary: &Path,
     model: &Path,
     threads: i32,
     args: &ModelBenchArgs,
-) -> Result<Speeds, Failure> {
-    let (p, n) = (args.prompt_tokens, args.gen_tokens);
+) -> Result<f64, Failure> {
+    let p = args.prompt_tokens;
     let runs = run_llama_bench(
         binary,
         model,
         threads,
         args.repetitions,
-        &["-p".into(), p.to_string(), "-n".into(), n.to_string()],
+        &["-p".into(), p.to_string(), "-n".into(), "0".into()],
     )?;
-    Ok(Speeds {
-        prefill_tokens_per_s: llama_bench_speed(&runs, p, 0)?,
-        decode_tokens_per_s: llama_bench_speed(&runs, 0, n)?,
-    })
+    llama_bench_speed(&runs, p, 0)
 }
 
 /// llama-bench's prefill of as many text tokens as the image has, after as many tokens as come
@@ -342,17 +421,14 @@ fn image(
             prefill_ms: t.image_prefill_ms,
         });
     }
-    let median = |f: fn(&ImageFigures) -> f64| {
-        let mut v: Vec<f64> = runs.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
+    let over_runs =
+        |f: fn(&ImageFigures) -> f64| median(runs.iter().map(f).collect()).unwrap_or(f64::NAN);
     Ok(ImageFigures {
         image_tokens: runs[0].image_tokens,
         tokens_before: runs[0].tokens_before,
-        encode_ms: median(|r| r.encode_ms),
-        preprocess_ms: median(|r| r.preprocess_ms),
-        prefill_ms: median(|r| r.prefill_ms),
+        encode_ms: over_runs(|r| r.encode_ms),
+        preprocess_ms: over_runs(|r| r.preprocess_ms),
+        prefill_ms: over_runs(|r| r.prefill_ms),
     })
 }
 
@@ -608,26 +684,59 @@ pub fn model(args: &ModelBenchArgs) -> Result<(), Failure> {
         // reference goes first, so a slow spell of a shared machine (minutes long here) or a
         // drift over the run falls on both sides alike instead of on whichever ran later.
         let reference_first = round % 2 == 0;
-        let ours_text = |session: &mut LlamaSession<'_>| -> Result<Speeds, Failure> {
-            eprintln!("{of}: deskhand prefill and decode ({threads} threads)...");
-            speeds(session, args)
+        let ours_prefill = |session: &mut LlamaSession<'_>| -> Result<f64, Failure> {
+            eprintln!("{of}: deskhand prefill ({threads} threads)...");
+            prefill_speed(session, args)
         };
-        let ref_text = |dir: &Path| -> Result<Speeds, Failure> {
+        let ref_prefill = |dir: &Path| -> Result<f64, Failure> {
             let binary = dir.join("llama-bench");
-            eprintln!("{of}: {}...", binary.display());
-            llama_bench(&binary, &args.model, threads, args)
+            eprintln!("{of}: {} prefill...", binary.display());
+            llama_bench_prefill(&binary, &args.model, threads, args)
         };
-        let (ours, reference) = match &tools {
+        let (prefill, reference_prefill) = match &tools {
             Some(dir) if reference_first => {
-                let theirs = ref_text(dir)?;
-                (ours_text(&mut session)?, Some(theirs))
+                let theirs = ref_prefill(dir)?;
+                (ours_prefill(&mut session)?, Some(theirs))
             }
             Some(dir) => {
-                let ours = ours_text(&mut session)?;
-                (ours, Some(ref_text(dir)?))
+                let ours = ours_prefill(&mut session)?;
+                (ours, Some(ref_prefill(dir)?))
             }
-            None => (ours_text(&mut session)?, None),
+            None => (ours_prefill(&mut session)?, None),
         };
+        let (decode, pairs) = match &tools {
+            Some(dir) => {
+                eprintln!(
+                    "{of}: {} decode pairs, deskhand and llama-bench...",
+                    args.decode_pairs
+                );
+                let pairs = decode_pairs(
+                    &mut session,
+                    &dir.join("llama-bench"),
+                    threads,
+                    args,
+                    reference_first,
+                )?;
+                (median(pairs.iter().map(|p| p.tok_s).collect()), pairs)
+            }
+            None => {
+                eprintln!("{of}: deskhand decode...");
+                let mut decodes = Vec::new();
+                for _ in 0..args.decode_pairs {
+                    decodes.push(decode_speed(&mut session, args)?);
+                }
+                (median(decodes), Vec::new())
+            }
+        };
+        let ours = Speeds {
+            prefill_tokens_per_s: prefill,
+            decode_tokens_per_s: decode.unwrap_or(f64::NAN),
+        };
+        let reference = reference_prefill.map(|prefill| Speeds {
+            prefill_tokens_per_s: prefill,
+            decode_tokens_per_s: median(pairs.iter().map(|p| p.ref_tok_s).collect())
+                .unwrap_or(f64::NAN),
+        });
         let ours_image = |session: &mut LlamaSession<'_>| -> Result<ImageFigures, Failure> {
             eprintln!(
                 "{of}: deskhand, one {}x{} frame...",
@@ -653,8 +762,11 @@ pub fn model(args: &ModelBenchArgs) -> Result<(), Failure> {
             (Some(_), _, _) => (Some(ours_image(&mut session)?), None),
             _ => (None, None),
         };
+        // A second, text-only reference for the image-token prefill: once, in the first round
+        // (its prompt warm-up doubles its cost, and mtmd-cli's own image decode is the
+        // like-for-like reference every round).
         let ref_image_prefill_bench_tok_s = match (&tools, &image_figures) {
-            (Some(dir), Some(image)) => {
+            (Some(dir), Some(image)) if round == 1 => {
                 let binary = dir.join("llama-bench");
                 eprintln!("{of}: {}, image-sized prefill...", binary.display());
                 Some(llama_bench_image_prefill(
@@ -674,13 +786,12 @@ pub fn model(args: &ModelBenchArgs) -> Result<(), Failure> {
             own_peak_rss_mb(),
             References {
                 text: reference,
+                decode_pairs: pairs,
                 image: reference_image,
                 image_prefill_bench_tok_s: ref_image_prefill_bench_tok_s,
             },
         );
-        if !args.json {
-            round.print_ratios(&of);
-        }
+        round.print_ratios(&of);
         rounds.push(round);
     }
     let n_steps = args
@@ -715,11 +826,13 @@ fn config_threads(config: &EngineConfig) -> i32 {
         .unwrap_or_else(|| i32::try_from(crate::model::llama::physical_cores()).unwrap_or(4))
 }
 
-/// llama.cpp's own figures for one round: `llama-bench`'s text prefill and decode,
-/// `llama-mtmd-cli`'s image, and `llama-bench`'s image-sized prefill (tokens/s).
+/// llama.cpp's own figures for one round: `llama-bench`'s text prefill and decode (the
+/// median of the pairs' llama-bench sides), the decode pairs, `llama-mtmd-cli`'s image, and
+/// `llama-bench`'s image-sized prefill (tokens/s).
 #[derive(Default)]
 struct References {
     text: Option<Speeds>,
+    decode_pairs: Vec<DecodePair>,
     image: Option<MtmdCliFigures>,
     image_prefill_bench_tok_s: Option<f64>,
 }
@@ -730,6 +843,8 @@ struct ModelReport {
     model: PathBuf,
     mmproj: Option<PathBuf>,
     threads: i32,
+    /// Text prefill and decode repetitions a side in each round; each side's fastest counts.
+    repetitions: usize,
     /// What llama.cpp reports it was built with (SIMD, AMX, OpenMP...).
     system_info: String,
     prefill_tok_s: f64,
@@ -758,6 +873,8 @@ struct ModelReport {
     ratio_image_prefill: Option<f64>,
     /// deskhand's peak RSS minus llama-mtmd-cli's on the same files and image.
     rss_above_ref_mb: Option<f64>,
+    /// The round's decode pairs, in the order they ran (empty in the whole run's report).
+    decode_pairs: Vec<DecodePair>,
     /// Each round's own figures, in the order they ran (empty inside a round).
     rounds: Vec<ModelReport>,
 }
@@ -773,6 +890,7 @@ impl ModelReport {
     ) -> ModelReport {
         let References {
             text: reference,
+            decode_pairs,
             image: reference_image,
             image_prefill_bench_tok_s: ref_image_prefill_bench_tok_s,
         } = references;
@@ -789,6 +907,7 @@ impl ModelReport {
             model: args.model.clone(),
             mmproj: args.mmproj.clone(),
             threads,
+            repetitions: args.repetitions.max(1),
             system_info: crate::model::llama::system_info(),
             prefill_tok_s: ours.prefill_tokens_per_s,
             decode_tok_s: ours.decode_tokens_per_s,
@@ -804,7 +923,8 @@ impl ModelReport {
             ref_image_prefill_bench_ms,
             ref_peak_rss_mb: reference_image.map(|r| r.peak_rss_mb),
             ratio_prefill: reference.map(|r| ours.prefill_tokens_per_s / r.prefill_tokens_per_s),
-            ratio_decode: reference.map(|r| ours.decode_tokens_per_s / r.decode_tokens_per_s),
+            // Each pair saw the same moment of the machine: the median of their own ratios.
+            ratio_decode: median(decode_pairs.iter().map(|p| p.tok_s / p.ref_tok_s).collect()),
             ratio_image_encode: image
                 .zip(reference_image)
                 .map(|(i, r)| time_ratio(r.encode_ms, i.encode_ms)),
@@ -812,6 +932,7 @@ impl ModelReport {
                 .zip(ref_image_prefill_ms)
                 .map(|(i, r)| time_ratio(r, i.prefill_ms)),
             rss_above_ref_mb: reference_image.map(|r| peak_rss_mb - r.peak_rss_mb),
+            decode_pairs,
             rounds: Vec::new(),
         }
     }
@@ -820,15 +941,8 @@ impl ModelReport {
     /// median of the rounds' ratios (each taken side by side, so it is the steadier figure);
     /// memory is the peak over every round, and deskhand's is `peak_rss_mb`, the whole run's.
     fn median_of(rounds: Vec<ModelReport>, peak_rss_mb: f64) -> Option<ModelReport> {
-        let median = |f: fn(&ModelReport) -> Option<f64>| {
-            let mut v: Vec<f64> = rounds.iter().filter_map(f).collect();
-            v.sort_by(f64::total_cmp);
-            match v.len() {
-                0 => None,
-                n if n % 2 == 1 => Some(v[n / 2]),
-                n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
-            }
-        };
+        let over_rounds =
+            |f: fn(&ModelReport) -> Option<f64>| median(rounds.iter().filter_map(f).collect());
         let ref_peak_rss_mb = rounds
             .iter()
             .filter_map(|r| r.ref_peak_rss_mb)
@@ -838,25 +952,27 @@ impl ModelReport {
             model: first.model.clone(),
             mmproj: first.mmproj.clone(),
             threads: first.threads,
+            repetitions: first.repetitions,
             system_info: first.system_info.clone(),
-            prefill_tok_s: median(|r| Some(r.prefill_tok_s)).unwrap_or(f64::NAN),
-            decode_tok_s: median(|r| Some(r.decode_tok_s)).unwrap_or(f64::NAN),
+            prefill_tok_s: over_rounds(|r| Some(r.prefill_tok_s)).unwrap_or(f64::NAN),
+            decode_tok_s: over_rounds(|r| Some(r.decode_tok_s)).unwrap_or(f64::NAN),
             image_tokens: first.image_tokens,
-            image_encode_ms: median(|r| r.image_encode_ms),
-            image_preprocess_ms: median(|r| r.image_preprocess_ms),
-            image_prefill_ms: median(|r| r.image_prefill_ms),
+            image_encode_ms: over_rounds(|r| r.image_encode_ms),
+            image_preprocess_ms: over_rounds(|r| r.image_preprocess_ms),
+            image_prefill_ms: over_rounds(|r| r.image_prefill_ms),
             peak_rss_mb,
-            ref_prefill_tok_s: median(|r| r.ref_prefill_tok_s),
-            ref_decode_tok_s: median(|r| r.ref_decode_tok_s),
-            ref_image_encode_ms: median(|r| r.ref_image_encode_ms),
-            ref_image_prefill_ms: median(|r| r.ref_image_prefill_ms),
-            ref_image_prefill_bench_ms: median(|r| r.ref_image_prefill_bench_ms),
+            ref_prefill_tok_s: over_rounds(|r| r.ref_prefill_tok_s),
+            ref_decode_tok_s: over_rounds(|r| r.ref_decode_tok_s),
+            ref_image_encode_ms: over_rounds(|r| r.ref_image_encode_ms),
+            ref_image_prefill_ms: over_rounds(|r| r.ref_image_prefill_ms),
+            ref_image_prefill_bench_ms: over_rounds(|r| r.ref_image_prefill_bench_ms),
             ref_peak_rss_mb,
-            ratio_prefill: median(|r| r.ratio_prefill),
-            ratio_decode: median(|r| r.ratio_decode),
-            ratio_image_encode: median(|r| r.ratio_image_encode),
-            ratio_image_prefill: median(|r| r.ratio_image_prefill),
+            ratio_prefill: over_rounds(|r| r.ratio_prefill),
+            ratio_decode: over_rounds(|r| r.ratio_decode),
+            ratio_image_encode: over_rounds(|r| r.ratio_image_encode),
+            ratio_image_prefill: over_rounds(|r| r.ratio_image_prefill),
             rss_above_ref_mb: ref_peak_rss_mb.map(|r| peak_rss_mb - r),
+            decode_pairs: Vec::new(),
             rounds,
         })
     }
@@ -883,8 +999,10 @@ impl ModelReport {
         }
         println!("llama.cpp built with: {}", self.system_info.trim());
         println!(
-            "{} round(s), each figure next to llama.cpp's, llama.cpp first in even rounds: medians of the figures, and of each round's ratios",
-            self.rounds.len().max(1)
+            "{} round(s), each figure next to llama.cpp's, llama.cpp first in even rounds; text prefill the fastest of {} repetitions a side, decode {} pairs a round: medians of the figures, and of each round's ratios",
+            self.rounds.len().max(1),
+            self.repetitions,
+            self.rounds.first().map_or(0, |r| r.decode_pairs.len())
         );
         println!("                    deskhand    llama.cpp   ratio (speed, >1: deskhand faster)");
         println!(
@@ -965,6 +1083,7 @@ mod tests {
             prompt_tokens: 512,
             gen_tokens: 64,
             repetitions: 1,
+            decode_pairs: 4,
             rounds: 3,
             steps: None,
             image_tokens: None,
@@ -1001,6 +1120,10 @@ mod tests {
             100.0,
             References {
                 text: Some(speeds(ref_tok_s)),
+                decode_pairs: vec![DecodePair {
+                    tok_s: ours_tok_s / 10.0,
+                    ref_tok_s: ref_tok_s / 10.0,
+                }],
                 image: Some(reference_image),
                 image_prefill_bench_tok_s: Some(1200.0),
             },
@@ -1035,6 +1158,37 @@ mod tests {
         .unwrap();
         assert_eq!(two.prefill_tok_s, 50.0);
         assert_eq!(two.ratio_prefill, Some(1.0));
+    }
+
+    #[test]
+    fn a_round_s_decode_ratio_is_the_median_of_its_pairs_own_ratios() {
+        // A slow spell hit the second pair on both sides, and the fourth on one side only: the
+        // pairs' ratios are 1.0, 1.0, 1.1 and 0.5, their median 1.0; the medians of the two
+        // sides' speeds would give 8.5 / 10 = 0.85.
+        let pairs = [(10.0, 10.0), (5.0, 5.0), (11.0, 10.0), (7.0, 14.0)]
+            .map(|(tok_s, ref_tok_s)| DecodePair { tok_s, ref_tok_s });
+        let speeds = |decode| Speeds {
+            prefill_tokens_per_s: 50.0,
+            decode_tokens_per_s: decode,
+        };
+        let tok_s = median(pairs.iter().map(|p| p.tok_s).collect());
+        let ref_tok_s = median(pairs.iter().map(|p| p.ref_tok_s).collect());
+        assert_eq!((tok_s, ref_tok_s), (Some(8.5), Some(10.0)));
+        let report = ModelReport::new(
+            &args(),
+            2,
+            speeds(8.5),
+            None,
+            1.0,
+            References {
+                text: Some(speeds(10.0)),
+                decode_pairs: pairs.to_vec(),
+                ..References::default()
+            },
+        );
+        assert_eq!(report.ratio_decode, Some(1.0));
+        assert_eq!(report.decode_pairs.len(), 4);
+        assert_eq!(median(Vec::new()), None);
     }
 
     #[test]
@@ -1091,6 +1245,28 @@ mod tests {
         );
         assert_eq!(report.ref_image_prefill_ms, None);
         assert_eq!(report.ratio_image_prefill, None);
+    }
+
+    #[test]
+    fn llama_bench_s_figure_is_its_fastest_repetition_of_the_asked_test() {
+        // Rows as llama-bench -o json prints them (fields this reads, and others around them).
+        let runs: Vec<serde_json::Value> = serde_json::from_str(
+            r#"[
+              {"n_prompt": 512, "n_gen": 0, "avg_ts": 20.0, "samples_ts": [18.5, 22.0, 19.5]},
+              {"n_prompt": 0, "n_gen": 64, "avg_ts": 7.0, "samples_ts": [7.1, 6.4, 7.5]},
+              {"n_prompt": 1150, "n_gen": 0, "avg_ts": 19.0}
+            ]"#,
+        )
+        .unwrap();
+        assert_eq!(llama_bench_speed(&runs, 512, 0).ok(), Some(22.0));
+        assert_eq!(llama_bench_speed(&runs, 0, 64).ok(), Some(7.5));
+        // A row without samples gives its average.
+        assert_eq!(llama_bench_speed(&runs, 1150, 0).ok(), Some(19.0));
+        let missing = llama_bench_speed(&runs, 256, 0)
+            .err()
+            .map(|failure| failure.error.to_string())
+            .unwrap_or_default();
+        assert!(missing.contains("pp256 tg0"), "{missing}");
     }
 
     #[test]
