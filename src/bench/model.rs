@@ -45,8 +45,8 @@ pub struct ModelBenchArgs {
     pub repetitions: usize,
     /// Decodes a side within a round, taken in pairs, deskhand's right next to a one-repetition
     /// llama-bench's, in alternating order: the round's decode ratio is the median of the pairs'
-    /// own ratios. A decode lasts seconds, and the slow spells of a shared machine last
-    /// minutes, so a pair sees the same machine where two blocks of repetitions do not.
+    /// own ratios. A decode lasts seconds, and much of a shared machine's interference comes in
+    /// spells of minutes, which a pair sees on both sides and two blocks of repetitions do not.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     pub decode_pairs: u32,
     /// Rounds of measurements, each figure right next to llama.cpp's, with llama.cpp first in
